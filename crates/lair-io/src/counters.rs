@@ -1,0 +1,182 @@
+//! Per-operation counters: how each operation was run (inline, after waiting for a socket, on
+//! a helper thread) and what the helper round trips cost.
+//!
+//! Why: the point of lazy asynchronous I/O is that most calls never leave the loop. These
+//! counters show whether that held, and the lab reads them (as JSON) next to throughput.
+//! They are plain integers owned by one event loop; [`Counters::merge`] sums workers.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::op::OpKind;
+
+/// Counters for one operation kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OpCounters {
+    /// Submitted.
+    pub submitted: u64,
+    /// Finished inline, without waiting (the lazy case).
+    pub inline: u64,
+    /// Waited for socket readiness at least once before finishing.
+    pub parked: u64,
+    /// Went to a helper thread.
+    pub helper: u64,
+    /// Finished with an error (cancellations included).
+    pub errors: u64,
+    /// Sum of helper round-trip times (submit to collection), nanoseconds.
+    pub helper_ns_total: u64,
+    /// Longest helper round trip, nanoseconds.
+    pub helper_ns_max: u64,
+}
+
+impl OpCounters {
+    /// Mean helper round trip, if any operation went to a helper.
+    pub fn helper_mean(&self) -> Option<Duration> {
+        self.helper_ns_total
+            .checked_div(self.helper)
+            .map(Duration::from_nanos)
+    }
+
+    fn merge(&mut self, other: &OpCounters) {
+        self.submitted += other.submitted;
+        self.inline += other.inline;
+        self.parked += other.parked;
+        self.helper += other.helper;
+        self.errors += other.errors;
+        self.helper_ns_total += other.helper_ns_total;
+        self.helper_ns_max = self.helper_ns_max.max(other.helper_ns_max);
+    }
+}
+
+/// Counters for every operation kind of one backend instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Backend name (`sync`, `lazy`, ...).
+    pub backend: &'static str,
+    /// Times the loop woke from its wait.
+    pub wakeups: u64,
+    ops: [OpCounters; OpKind::ALL.len()],
+}
+
+impl Counters {
+    /// Empty counters for `backend`.
+    pub fn new(backend: &'static str) -> Self {
+        Counters {
+            backend,
+            ..Counters::default()
+        }
+    }
+
+    /// The counters of one kind.
+    pub fn op(&self, kind: OpKind) -> &OpCounters {
+        &self.ops[kind.index()]
+    }
+
+    pub(crate) fn op_mut(&mut self, kind: OpKind) -> &mut OpCounters {
+        &mut self.ops[kind.index()]
+    }
+
+    pub(crate) fn record_helper_latency(&mut self, kind: OpKind, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let c = self.op_mut(kind);
+        c.helper_ns_total = c.helper_ns_total.saturating_add(ns);
+        c.helper_ns_max = c.helper_ns_max.max(ns);
+    }
+
+    /// Add `other` into `self` (summing workers).
+    pub fn merge(&mut self, other: &Counters) {
+        if self.backend.is_empty() {
+            self.backend = other.backend;
+        }
+        self.wakeups += other.wakeups;
+        for (mine, theirs) in self.ops.iter_mut().zip(other.ops.iter()) {
+            mine.merge(theirs);
+        }
+    }
+
+    /// `(kind, counters)` for every kind that was used.
+    pub fn used(&self) -> impl Iterator<Item = (OpKind, &OpCounters)> {
+        OpKind::ALL
+            .iter()
+            .map(|&k| (k, self.op(k)))
+            .filter(|(_, c)| c.submitted > 0)
+    }
+
+    /// A table for humans, one line per used operation kind.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "engine counters (backend {}, {} wakeups)\n{:<9} {:>12} {:>12} {:>10} {:>10} {:>8} {:>12} {:>12}\n",
+            self.backend,
+            self.wakeups,
+            "op",
+            "submitted",
+            "inline",
+            "parked",
+            "helper",
+            "errors",
+            "helper mean",
+            "helper max"
+        );
+        for (kind, c) in self.used() {
+            let mean = c
+                .helper_mean()
+                .map(|d| format!("{d:.1?}"))
+                .unwrap_or_else(|| "-".into());
+            let max = if c.helper > 0 {
+                format!("{:.1?}", Duration::from_nanos(c.helper_ns_max))
+            } else {
+                "-".into()
+            };
+            s.push_str(&format!(
+                "{:<9} {:>12} {:>12} {:>10} {:>10} {:>8} {:>12} {:>12}\n",
+                kind.name(),
+                c.submitted,
+                c.inline,
+                c.parked,
+                c.helper,
+                c.errors,
+                mean,
+                max
+            ));
+        }
+        s
+    }
+}
+
+impl Serialize for Counters {
+    /// `{"backend":..,"wakeups":..,"ops":{"open":{...},...}}`, only the kinds that were used.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let ops: std::collections::BTreeMap<&str, &OpCounters> =
+            self.used().map(|(k, v)| (k.name(), v)).collect();
+        let mut st = s.serialize_struct("Counters", 3)?;
+        st.serialize_field("backend", self.backend)?;
+        st.serialize_field("wakeups", &self.wakeups)?;
+        st.serialize_field("ops", &ops)?;
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sums_and_keeps_max() {
+        let mut a = Counters::new("lazy");
+        a.op_mut(OpKind::Read).submitted = 2;
+        a.op_mut(OpKind::Read).helper = 1;
+        a.record_helper_latency(OpKind::Read, Duration::from_micros(5));
+        let mut b = Counters::new("lazy");
+        b.op_mut(OpKind::Read).submitted = 3;
+        b.op_mut(OpKind::Read).helper = 1;
+        b.record_helper_latency(OpKind::Read, Duration::from_micros(9));
+        a.merge(&b);
+        let r = a.op(OpKind::Read);
+        assert_eq!(r.submitted, 5);
+        assert_eq!(r.helper_ns_max, 9_000);
+        assert_eq!(r.helper_mean(), Some(Duration::from_micros(7)));
+        assert_eq!(a.used().count(), 1);
+    }
+}

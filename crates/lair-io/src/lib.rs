@@ -1,0 +1,54 @@
+//! lair-io: lair's I/O engine — one completion API over interchangeable backends.
+//!
+//! The API is seed 001's lazy asynchronous I/O: [`Backend::submit`] runs an [`Op`] and either
+//! returns its result at once ([`Submit::Done`], the call did not block) or says it goes on in
+//! the background ([`Submit::Pending`], the seed's `EINPROGRESS`), under the caller's [`Token`]
+//! (the seed's `laio_gethandle`). [`Backend::poll`] collects finished background operations
+//! into the caller's buffer with a timeout (`laio_poll`). One engine instance belongs to one
+//! event-loop thread.
+//!
+//! Backends (chosen at start-up with [`BackendKind`], built by [`with_backend`]):
+//! - [`sync`](sys::sync): non-blocking sockets, blocking file calls on the loop (baseline);
+//! - [`lazy`](sys::lazy): every call tried without blocking; only one that would block goes
+//!   to a bounded helper pool.
+//!
+//! What it does not do: HTTP, timers, or policy about what to send — that is lair-http.
+//! All `unsafe` lives in `sys/`.
+
+#![deny(unsafe_code)]
+
+use std::io;
+
+pub mod counters;
+pub mod op;
+pub mod sys;
+
+pub use counters::{Counters, OpCounters};
+pub use op::{
+    Attempt, Call, Completion, FileStat, FileType, Op, OpKind, Out, SharedFd, Submit, Token,
+};
+pub use sys::{setup, with_backend, Backend, BackendKind, EngineConfig, Waker, WithBackend};
+
+/// Errors of the engine itself (an operation's own failure is in its [`Completion`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call the engine needs to run at all failed (the host's fault: limits, kernel).
+    #[error("{call} failed: {source}")]
+    Setup {
+        /// Which call.
+        call: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The user named a backend that does not exist.
+    #[error("unknown backend {0:?} (known: sync, lazy)")]
+    UnknownBackend(String),
+}
+
+impl Error {
+    pub(crate) fn setup(call: &'static str, source: io::Error) -> Self {
+        Error::Setup { call, source }
+    }
+}

@@ -1,0 +1,321 @@
+//! Operations, tokens and completions: the plain data that crosses the engine seam.
+//!
+//! An [`Op`] owns everything the operation touches (descriptors as [`SharedFd`], buffers as
+//! `Vec<u8>`), so a backend may run it inline, park it until a socket is ready, or hand it to a
+//! helper thread without any lifetime tying it to the caller. The [`Completion`] gives every
+//! owned resource back (the buffer, the new descriptor), also on error, so nothing is lost.
+//!
+//! This module does no I/O.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// A descriptor shared between the caller and the engine (and, for a background operation,
+/// a helper thread). It closes when the last clone is dropped, so a helper still running on
+/// it can never see its number reused.
+pub type SharedFd = Arc<OwnedFd>;
+
+/// The caller's name for an operation, returned in its [`Completion`] (the seed's
+/// `laio_gethandle` value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(pub u64);
+
+/// How a generic [`Op::Call`] is being run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// Inline on the event loop: the call must not block; it returns
+    /// `io::ErrorKind::WouldBlock` if it would, and is then run again with [`Attempt::MayBlock`]
+    /// on a helper thread (lazy backend).
+    NoWait,
+    /// The call may block (a helper thread, or the `sync` backend on the loop itself).
+    MayBlock,
+}
+
+/// A generic call (the seed's `laio_syscall`): any closure that may block. It gets told how it
+/// is being run and returns a number, like a system call.
+pub type Call = Box<dyn FnMut(Attempt) -> io::Result<u64> + Send>;
+
+/// One operation. Build it with the constructors, which keep the field invariants.
+#[non_exhaustive]
+pub enum Op {
+    /// Accept one connection (non-blocking socket, close-on-exec, `TCP_NODELAY`).
+    Accept {
+        /// The listening socket.
+        listener: SharedFd,
+    },
+    /// Receive up to `max` bytes, appended to `buf`. `Ok(0)` is end of stream.
+    Recv {
+        /// The connected socket.
+        sock: SharedFd,
+        /// Bytes are appended after `buf.len()`.
+        buf: Vec<u8>,
+        /// At most this many bytes are received.
+        max: usize,
+    },
+    /// Send `buf[from..]` (one system call; the result may be short).
+    Send {
+        /// The connected socket.
+        sock: SharedFd,
+        /// The bytes; given back in the completion.
+        buf: Vec<u8>,
+        /// First byte to send.
+        from: usize,
+        /// More data follows at once (`MSG_MORE`): the kernel coalesces it with the next send.
+        more: bool,
+    },
+    /// Send `len` bytes of `file` from `offset` to `sock` in the kernel (`sendfile`); the result
+    /// may be short, and `Ok(0)` means the file ended before `offset`.
+    Sendfile {
+        /// The connected socket.
+        sock: SharedFd,
+        /// A regular file.
+        file: SharedFd,
+        /// Where in the file to start.
+        offset: u64,
+        /// How many bytes at most.
+        len: usize,
+    },
+    /// Shut down the sending side (`shutdown(SHUT_WR)`), for a lingering close.
+    Shutdown {
+        /// The connected socket.
+        sock: SharedFd,
+    },
+    /// Close a descriptor: operations parked on it are cancelled (they complete with
+    /// `ECANCELED`), then this reference is dropped.
+    Close {
+        /// The descriptor.
+        fd: SharedFd,
+    },
+    /// Open `path` read-only, relative to `dir`.
+    Open {
+        /// The directory the path is relative to.
+        dir: SharedFd,
+        /// A relative path without NUL bytes.
+        path: CString,
+        /// Resolve beneath `dir`: no `..`, absolute path or symlink leaves it, no magic links
+        /// (`RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`).
+        beneath: bool,
+    },
+    /// `fstat` an open descriptor.
+    Stat {
+        /// The file.
+        file: SharedFd,
+    },
+    /// Read up to `len` bytes at `offset`, appended to `buf`.
+    Read {
+        /// The file.
+        file: SharedFd,
+        /// Where in the file.
+        offset: u64,
+        /// How many bytes at most.
+        len: usize,
+        /// Bytes are appended after `buf.len()`.
+        buf: Vec<u8>,
+    },
+    /// Write `buf` at `offset`, or at the end of the file when `offset` is `None`.
+    Write {
+        /// The file.
+        file: SharedFd,
+        /// Where; `None` appends.
+        offset: Option<u64>,
+        /// The bytes; given back in the completion.
+        buf: Vec<u8>,
+    },
+    /// Any call that may block (the seed's `laio_syscall`).
+    Call(Call),
+}
+
+impl Op {
+    /// The kind of this operation, for counters and completions.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Accept { .. } => OpKind::Accept,
+            Op::Recv { .. } => OpKind::Recv,
+            Op::Send { .. } => OpKind::Send,
+            Op::Sendfile { .. } => OpKind::Sendfile,
+            Op::Shutdown { .. } => OpKind::Shutdown,
+            Op::Close { .. } => OpKind::Close,
+            Op::Open { .. } => OpKind::Open,
+            Op::Stat { .. } => OpKind::Stat,
+            Op::Read { .. } => OpKind::Read,
+            Op::Write { .. } => OpKind::Write,
+            Op::Call(_) => OpKind::Call,
+        }
+    }
+
+    /// The socket this operation waits on when it would block, and in which direction.
+    pub(crate) fn socket_interest(&self) -> Option<(&SharedFd, Interest)> {
+        match self {
+            Op::Accept { listener } => Some((listener, Interest::Read)),
+            Op::Recv { sock, .. } => Some((sock, Interest::Read)),
+            Op::Send { sock, .. } | Op::Sendfile { sock, .. } => Some((sock, Interest::Write)),
+            _ => None,
+        }
+    }
+
+    /// Give the owned buffer back (used when an operation fails or is cancelled).
+    pub(crate) fn into_out(self) -> Out {
+        match self {
+            Op::Recv { buf, .. }
+            | Op::Send { buf, .. }
+            | Op::Read { buf, .. }
+            | Op::Write { buf, .. } => Out::Buf(buf),
+            _ => Out::None,
+        }
+    }
+}
+
+impl fmt::Debug for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Op::{:?}", self.kind())
+    }
+}
+
+/// Which way a parked socket operation waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Interest {
+    Read,
+    Write,
+}
+
+/// The kinds of [`Op`], used to index counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum OpKind {
+    Accept,
+    Recv,
+    Send,
+    Sendfile,
+    Shutdown,
+    Close,
+    Open,
+    Stat,
+    Read,
+    Write,
+    Call,
+}
+
+impl OpKind {
+    /// Every kind, in counter order.
+    pub const ALL: [OpKind; 11] = [
+        OpKind::Accept,
+        OpKind::Recv,
+        OpKind::Send,
+        OpKind::Sendfile,
+        OpKind::Shutdown,
+        OpKind::Close,
+        OpKind::Open,
+        OpKind::Stat,
+        OpKind::Read,
+        OpKind::Write,
+        OpKind::Call,
+    ];
+
+    /// Position in [`OpKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Lower-case name, as in the counters' JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Accept => "accept",
+            OpKind::Recv => "recv",
+            OpKind::Send => "send",
+            OpKind::Sendfile => "sendfile",
+            OpKind::Shutdown => "shutdown",
+            OpKind::Close => "close",
+            OpKind::Open => "open",
+            OpKind::Stat => "stat",
+            OpKind::Read => "read",
+            OpKind::Write => "write",
+            OpKind::Call => "call",
+        }
+    }
+}
+
+/// What an `fstat` found, in the units the server needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    /// Size in bytes.
+    pub len_bytes: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Device.
+    pub dev: u64,
+    /// Last modification.
+    pub modified: SystemTime,
+    /// Nanoseconds part of the modification time (for validators).
+    pub modified_nsec: u32,
+    /// What the inode is.
+    pub file_type: FileType,
+}
+
+/// The kind of inode a [`FileStat`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileType {
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// Anything else (FIFO, socket, device).
+    Other,
+}
+
+/// The resources an operation gives back, next to its result.
+#[derive(Debug, Default)]
+pub enum Out {
+    /// Nothing to give back.
+    #[default]
+    None,
+    /// The operation's buffer (`Recv`, `Send`, `Read`, `Write`), also on error.
+    Buf(Vec<u8>),
+    /// A newly opened file (`Open`).
+    File(OwnedFd),
+    /// A newly accepted connection and its peer (`Accept`).
+    Conn(OwnedFd, Option<SocketAddr>),
+    /// The result of `Stat`.
+    Stat(FileStat),
+}
+
+/// A finished operation (the seed's `laio_completion`).
+#[derive(Debug)]
+pub struct Completion {
+    /// The token the operation was submitted with.
+    pub token: Token,
+    /// What it was.
+    pub kind: OpKind,
+    /// The system call's result: bytes moved, or 0, or the error.
+    pub result: io::Result<usize>,
+    /// What it gives back.
+    pub out: Out,
+}
+
+impl Completion {
+    pub(crate) fn new(token: Token, kind: OpKind, result: io::Result<usize>, out: Out) -> Self {
+        Completion {
+            token,
+            kind,
+            result,
+            out,
+        }
+    }
+}
+
+/// The answer of `submit`, like httparse's `Status`: done at once, or going on in the
+/// background (the seed's `-1`/`EINPROGRESS`), to be collected by `poll` under its token.
+#[derive(Debug)]
+pub enum Submit {
+    /// Finished inline; this is its completion.
+    Done(Completion),
+    /// Going on in the background; `poll` will deliver its completion.
+    Pending,
+}

@@ -1,0 +1,215 @@
+//! Running one operation, in one of two modes: without waiting for the disk (the lazy
+//! attempt) or blocking (the `sync` loop and the helper threads).
+//!
+//! Why one function: `sync`, `lazy` and the helpers must run the very same system calls, so
+//! the only difference between backends is *where* a call runs and whether it may wait.
+//! Sockets are never waited on here: an `EAGAIN` from a socket is [`Step::WouldBlock`] and the
+//! reactor parks the operation until epoll reports readiness.
+
+use std::io;
+
+use super::os::{self, Wait};
+use crate::op::{Attempt, Op, Out};
+
+/// What became of an attempt.
+pub enum Step {
+    /// Finished: the system call's result and what it gives back.
+    Done(io::Result<usize>, Out),
+    /// The socket side is not ready: park until epoll says so, then try again.
+    WouldBlock(Op),
+    /// It would wait for the disk: run it on a helper thread.
+    Helper(Op),
+}
+
+/// Which non-blocking file calls this kernel and file system support (probed at start-up,
+/// narrowed at run time when a call reports `EOPNOTSUPP`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// `preadv2(RWF_NOWAIT)` on regular files.
+    pub nowait_read: bool,
+    /// `pwritev2(RWF_NOWAIT)`.
+    pub nowait_write: bool,
+    /// `openat2(RESOLVE_CACHED)`.
+    pub cached_open: bool,
+    /// `cachestat(2)`, to know whether a `sendfile` would wait for the disk.
+    pub cachestat: bool,
+}
+
+impl Caps {
+    /// No non-blocking file call at all: every file call in `NoWait` mode goes to a helper.
+    pub fn none() -> Self {
+        Caps {
+            nowait_read: false,
+            nowait_write: false,
+            cached_open: false,
+            cachestat: false,
+        }
+    }
+}
+
+/// The most an inline `sendfile` sends in one call (and the range `cachestat` checks).
+pub(crate) const SENDFILE_WINDOW: usize = 2 << 20;
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn unsupported(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EOPNOTSUPP)
+}
+
+/// Run `op` once. With [`Wait::NoWait`], a file call that would wait for the disk returns
+/// [`Step::Helper`] (and a feature found missing at run time is switched off in `caps`, with
+/// one log line).
+pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
+    let nowait = wait == Wait::NoWait;
+    match op {
+        Op::Accept { listener } => match os::accept(&listener) {
+            Ok((fd, peer)) => Step::Done(Ok(0), Out::Conn(fd, peer)),
+            Err(e) if would_block(&e) => Step::WouldBlock(Op::Accept { listener }),
+            Err(e) => Step::Done(Err(e), Out::None),
+        },
+        Op::Recv { sock, mut buf, max } => match os::recv(&sock, &mut buf, max) {
+            Ok(n) => Step::Done(Ok(n), Out::Buf(buf)),
+            Err(e) if would_block(&e) => Step::WouldBlock(Op::Recv { sock, buf, max }),
+            Err(e) => Step::Done(Err(e), Out::Buf(buf)),
+        },
+        Op::Send {
+            sock,
+            buf,
+            from,
+            more,
+        } => match os::send(&sock, buf.get(from..).unwrap_or_default(), more) {
+            Ok(n) => Step::Done(Ok(n), Out::Buf(buf)),
+            Err(e) if would_block(&e) => Step::WouldBlock(Op::Send {
+                sock,
+                buf,
+                from,
+                more,
+            }),
+            Err(e) => Step::Done(Err(e), Out::Buf(buf)),
+        },
+        Op::Sendfile {
+            sock,
+            file,
+            offset,
+            len,
+        } => {
+            // Inline, send at most one window, and only if all of it is cached: the socket
+            // rarely takes more at once, and a partly cached window would wait for the disk.
+            let len = if nowait {
+                len.min(SENDFILE_WINDOW)
+            } else {
+                len
+            };
+            if nowait {
+                let cached = caps.cachestat
+                    && matches!(os::range_cached(&file, offset, len as u64, None), Ok(true));
+                if !cached {
+                    return Step::Helper(Op::Sendfile {
+                        sock,
+                        file,
+                        offset,
+                        len,
+                    });
+                }
+            }
+            match os::sendfile(&sock, &file, offset, len) {
+                Ok(n) => Step::Done(Ok(n), Out::None),
+                Err(e) if would_block(&e) => Step::WouldBlock(Op::Sendfile {
+                    sock,
+                    file,
+                    offset,
+                    len,
+                }),
+                Err(e) => Step::Done(Err(e), Out::None),
+            }
+        }
+        Op::Shutdown { sock } => Step::Done(os::shutdown_write(&sock).map(|()| 0), Out::None),
+        Op::Close { fd } => {
+            drop(fd);
+            Step::Done(Ok(0), Out::None)
+        }
+        Op::Open { dir, path, beneath } => {
+            if nowait && !caps.cached_open {
+                return Step::Helper(Op::Open { dir, path, beneath });
+            }
+            match os::open(&dir, &path, beneath, wait) {
+                Ok(fd) => Step::Done(Ok(0), Out::File(fd)),
+                Err(e) if nowait && would_block(&e) => {
+                    Step::Helper(Op::Open { dir, path, beneath })
+                }
+                Err(e) => Step::Done(Err(e), Out::None),
+            }
+        }
+        Op::Stat { file } => match os::stat(&file) {
+            Ok(st) => Step::Done(Ok(0), Out::Stat(st)),
+            Err(e) => Step::Done(Err(e), Out::None),
+        },
+        Op::Read {
+            file,
+            offset,
+            len,
+            mut buf,
+        } => {
+            if nowait && !caps.nowait_read {
+                return Step::Helper(Op::Read {
+                    file,
+                    offset,
+                    len,
+                    buf,
+                });
+            }
+            match os::read(&file, offset, len, &mut buf, wait) {
+                Ok(n) => Step::Done(Ok(n), Out::Buf(buf)),
+                Err(e) if nowait && (would_block(&e) || unsupported(&e)) => {
+                    if unsupported(&e) {
+                        caps.nowait_read = false;
+                        tracing::warn!(
+                            "lazy: preadv2(RWF_NOWAIT) is not supported on this file system; \
+                             file reads now always go to a helper thread"
+                        );
+                    }
+                    Step::Helper(Op::Read {
+                        file,
+                        offset,
+                        len,
+                        buf,
+                    })
+                }
+                Err(e) => Step::Done(Err(e), Out::Buf(buf)),
+            }
+        }
+        Op::Write { file, offset, buf } => {
+            if nowait && !caps.nowait_write {
+                return Step::Helper(Op::Write { file, offset, buf });
+            }
+            match os::write(&file, offset, &buf, wait) {
+                Ok(n) => Step::Done(Ok(n), Out::Buf(buf)),
+                Err(e) if nowait && (would_block(&e) || unsupported(&e)) => {
+                    if unsupported(&e) {
+                        caps.nowait_write = false;
+                        tracing::info!(
+                            "lazy: pwritev2(RWF_NOWAIT) is not supported here; \
+                             file writes now always go to a helper thread"
+                        );
+                    }
+                    Step::Helper(Op::Write { file, offset, buf })
+                }
+                Err(e) => Step::Done(Err(e), Out::Buf(buf)),
+            }
+        }
+        Op::Call(mut f) => {
+            let attempt = if nowait {
+                Attempt::NoWait
+            } else {
+                Attempt::MayBlock
+            };
+            match f(attempt) {
+                Ok(v) => Step::Done(Ok(usize::try_from(v).unwrap_or(usize::MAX)), Out::None),
+                Err(e) if nowait && would_block(&e) => Step::Helper(Op::Call(f)),
+                Err(e) => Step::Done(Err(e), Out::None),
+            }
+        }
+    }
+}

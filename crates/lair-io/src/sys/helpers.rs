@@ -1,0 +1,171 @@
+//! A bounded pool of helper threads that run operations which may block.
+//!
+//! Why: lazy asynchronous I/O sends only the calls that would block to a helper; everything
+//! else stays on the loop. The pool grows on demand up to its bound (the thesis's free list is
+//! the set of idle threads waiting on the condition variable; its active list is the set
+//! running a job) and never shrinks while the engine lives.
+//!
+//! Completions go to a queue shared with the loop; the helper that makes the queue non-empty
+//! signals the loop's eventfd. The loop reads the eventfd *before* it drains the queue, so a
+//! completion pushed after the drain always signals again: no wake-up is lost.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::exec::{exec, Caps, Step};
+use super::os::{self, Wait};
+use crate::op::{Op, Token};
+
+/// An operation travelling through the engine.
+pub(crate) struct Job {
+    pub token: Token,
+    pub op: Op,
+    /// When it went to a helper (for the latency counter).
+    pub sent: Instant,
+    /// Already counted as parked / as sent to a helper (each counted once per operation).
+    pub parked: bool,
+    pub helped: bool,
+}
+
+/// A job a helper has run.
+pub(crate) struct Finished {
+    pub job: JobMeta,
+    pub step: Step,
+}
+
+/// What the loop needs of a finished job besides its result.
+pub(crate) struct JobMeta {
+    pub token: Token,
+    pub kind: crate::op::OpKind,
+    pub sent: Instant,
+    pub parked: bool,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    idle: usize,
+    stop: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    work: Condvar,
+    done: Mutex<Vec<Finished>>,
+    wake: Arc<OwnedFd>,
+}
+
+/// The pool. Dropping it stops the threads after their current job.
+pub(crate) struct Helpers {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    max: usize,
+    name: &'static str,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A helper that panicked mid-job leaves consistent data behind (a queue of plain values).
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Helpers {
+    /// A pool of at most `max` threads (at least one) that signals `wake` on completions.
+    pub fn new(max: usize, wake: Arc<OwnedFd>, name: &'static str) -> Self {
+        Helpers {
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue {
+                    jobs: VecDeque::new(),
+                    idle: 0,
+                    stop: false,
+                }),
+                work: Condvar::new(),
+                done: Mutex::new(Vec::new()),
+                wake,
+            }),
+            threads: Vec::new(),
+            max: max.max(1),
+            name,
+        }
+    }
+
+    /// Threads started so far.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Queue `job`; start a thread if every running one is busy and the bound allows.
+    pub fn submit(&mut self, job: Job) {
+        let need_thread = {
+            let mut q = lock(&self.shared.queue);
+            q.jobs.push_back(job);
+            q.jobs.len() > q.idle
+        };
+        if need_thread && self.threads.len() < self.max {
+            let shared = Arc::clone(&self.shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-helper", self.name))
+                .spawn(move || helper_main(&shared));
+            match spawned {
+                Ok(h) => self.threads.push(h),
+                // Out of threads: the queued job waits for a running helper.
+                Err(e) => tracing::warn!("cannot start a helper thread: {e}"),
+            }
+        }
+        self.shared.work.notify_one();
+    }
+
+    /// Move every finished job into `out`.
+    pub fn collect(&self, out: &mut Vec<Finished>) {
+        out.append(&mut lock(&self.shared.done));
+    }
+}
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).stop = true;
+        self.shared.work.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn helper_main(shared: &Shared) {
+    // Helpers run every call in blocking mode; socket calls stay non-blocking and come back as
+    // `Step::WouldBlock` for the loop to park.
+    let mut caps = Caps::none();
+    loop {
+        let job = {
+            let mut q = lock(&shared.queue);
+            loop {
+                if q.stop {
+                    return;
+                }
+                if let Some(j) = q.jobs.pop_front() {
+                    break j;
+                }
+                q.idle += 1;
+                q = shared.work.wait(q).unwrap_or_else(PoisonError::into_inner);
+                q.idle -= 1;
+            }
+        };
+        let meta = JobMeta {
+            token: job.token,
+            kind: job.op.kind(),
+            sent: job.sent,
+            parked: job.parked,
+        };
+        let step = exec(job.op, Wait::Block, &mut caps);
+        let was_empty = {
+            let mut d = lock(&shared.done);
+            let was_empty = d.is_empty();
+            d.push(Finished { job: meta, step });
+            was_empty
+        };
+        if was_empty {
+            os::eventfd_signal(&shared.wake);
+        }
+    }
+}

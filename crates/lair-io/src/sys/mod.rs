@@ -1,0 +1,149 @@
+//! The backend seam: what every engine backend must do, and the one place that lists them.
+//!
+//! A backend takes typed operations ([`Op`]) under caller-chosen [`Token`]s and either finishes
+//! them at once ([`Submit::Done`]) or later ([`Submit::Pending`], collected by
+//! [`Backend::poll`]) — the seed's `laio_syscall` / `laio_gethandle` / `laio_poll`. It must:
+//!
+//! 1. never block the caller's thread in `submit` unless it is the `sync` baseline, whose point
+//!    is to block on the disk;
+//! 2. give every owned resource of an operation back in its completion, also on error;
+//! 3. deliver completions of background work through `poll`, waking a `poll` that sleeps
+//!    (its wait includes the wake-up descriptor; no lost wake-ups), and wake it when
+//!    [`Waker::wake`] is called from another thread;
+//! 4. on [`Op::Close`], cancel (complete with `ECANCELED`) what is parked on the descriptor;
+//! 5. keep [`Counters`] of how each operation ran.
+//!
+//! Adding a backend is one new file here implementing [`Backend`] (or a `Policy` on the
+//! readiness reactor) and one arm in [`with_backend`]; nothing in the server changes.
+//!
+//! Only `sys/` may use `unsafe`; today only `os.rs` does (one raw system call).
+
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::counters::Counters;
+use crate::op::{Completion, Op, SharedFd, Submit, Token};
+use crate::Error;
+
+mod exec;
+mod helpers;
+pub(crate) mod os;
+mod reactor;
+pub mod setup;
+
+pub mod lazy;
+pub mod sync;
+
+pub use reactor::Readiness;
+
+/// One engine instance, owned by one event loop thread.
+pub trait Backend: Sized + 'static {
+    /// The name used on the command line and in counters.
+    const NAME: &'static str;
+    /// Build one instance (each worker builds its own).
+    fn new(config: &EngineConfig) -> Result<Self, Error>;
+    /// Start `op`: finished at once, or pending under `token`. Errors of the operation itself
+    /// are in its completion, never here.
+    fn submit(&mut self, token: Token, op: Op) -> Submit;
+    /// Move finished background operations into `done`, waiting up to `timeout` (`None`:
+    /// forever) if there are none. Returns early when woken.
+    fn poll(&mut self, done: &mut Vec<Completion>, timeout: Option<Duration>) -> Result<(), Error>;
+    /// A handle other threads use to wake `poll`.
+    fn waker(&self) -> Waker;
+    /// How operations ran so far.
+    fn counters(&self) -> &Counters;
+    /// Helper threads started so far.
+    fn helper_threads(&self) -> usize;
+}
+
+/// Wakes a backend's `poll` from another thread.
+#[derive(Clone, Debug)]
+pub struct Waker(pub(crate) Arc<OwnedFd>);
+
+impl Waker {
+    /// Make the backend's current or next `poll` return.
+    pub fn wake(&self) {
+        os::eventfd_signal(&self.0);
+    }
+}
+
+/// Settings every backend reads at start-up.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Upper bound of the helper-thread pool, per engine instance.
+    pub helpers: usize,
+    /// A directory whose file system the lazy backend probes for `RWF_NOWAIT` support (the
+    /// document root).
+    pub probe_dir: Option<SharedFd>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            helpers: 32,
+            probe_dir: None,
+        }
+    }
+}
+
+/// The backends, chosen at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Non-blocking sockets, blocking file calls on the loop (thttpd's "nb-b" baseline).
+    Sync,
+    /// Try every call without blocking; only a call that would block goes to a helper.
+    Lazy,
+}
+
+impl BackendKind {
+    /// Every backend, in the order experiments list them.
+    pub const ALL: [BackendKind; 2] = [BackendKind::Sync, BackendKind::Lazy];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Sync => sync::SyncBackend::NAME,
+            BackendKind::Lazy => lazy::LazyBackend::NAME,
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| Error::UnknownBackend(s.to_owned()))
+    }
+}
+
+/// Something to run with a concrete backend type (a generic closure, which Rust lacks).
+pub trait WithBackend {
+    /// What running it returns.
+    type Output;
+    /// Run with backend `B`, already built.
+    fn run<B: Backend>(self, backend: B) -> Self::Output;
+}
+
+/// Build the backend `kind` and run `job` with it: the one `match` over backends.
+pub fn with_backend<W: WithBackend>(
+    kind: BackendKind,
+    config: &EngineConfig,
+    job: W,
+) -> Result<W::Output, Error> {
+    Ok(match kind {
+        BackendKind::Sync => job.run(sync::SyncBackend::new(config)?),
+        BackendKind::Lazy => job.run(lazy::LazyBackend::new(config)?),
+    })
+}

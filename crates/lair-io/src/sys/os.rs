@@ -1,0 +1,354 @@
+//! The system calls of the readiness-based backends (`sync`, `lazy`), one thin function each.
+//!
+//! Why one file: every way lair touches the kernel for these backends is listed here, with its
+//! flags, so a reader can audit it and a new backend can reuse it. Almost everything goes
+//! through rustix's safe wrappers; the one raw system call (`cachestat`, which neither rustix
+//! nor libc wrap) carries a `SAFETY:` note.
+//!
+//! Socket calls here never block: sockets are created non-blocking and an `EAGAIN` is returned
+//! to the caller, who parks the operation until epoll reports readiness.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, UNIX_EPOCH};
+
+use rustix::event::epoll;
+use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
+use rustix::io::{Errno, ReadWriteFlags};
+use rustix::net::{self as rnet, RecvFlags, SendFlags, SocketFlags};
+
+use crate::op::{FileStat, FileType};
+
+/// How a file call may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Fail with `EAGAIN` instead of waiting for the disk.
+    NoWait,
+    /// Block if needed.
+    Block,
+}
+
+fn io_err(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+// ---- sockets -------------------------------------------------------------------------------
+
+/// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`, then `TCP_NODELAY` (responses are written whole, so
+/// Nagle only delays the last segment).
+pub(crate) fn accept(listener: &OwnedFd) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
+    let (fd, peer) = rnet::acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+        .map_err(io_err)?;
+    // A Unix-domain listener has no TCP options; ignore the error there.
+    let _ = rnet::sockopt::set_tcp_nodelay(&fd, true);
+    let peer = peer.and_then(|a| SocketAddr::try_from(a).ok());
+    Ok((fd, peer))
+}
+
+/// `recv` into the spare capacity of `buf` (at least `max` bytes are reserved first).
+pub(crate) fn recv(sock: &OwnedFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max.max(1));
+    let (_, n) = rnet::recv(
+        sock,
+        rustix::buffer::spare_capacity(buf),
+        RecvFlags::empty(),
+    )
+    .map_err(io_err)?;
+    Ok(n)
+}
+
+/// `send(MSG_NOSIGNAL [| MSG_MORE])`: a vanished peer is `EPIPE`, never a signal.
+pub(crate) fn send(sock: &OwnedFd, buf: &[u8], more: bool) -> io::Result<usize> {
+    let mut flags = SendFlags::NOSIGNAL;
+    if more {
+        flags |= SendFlags::MORE;
+    }
+    rnet::send(sock, buf, flags).map_err(io_err)
+}
+
+/// `sendfile(sock, file, &offset, len)` on a non-blocking socket: never waits for the socket,
+/// but waits for the disk if the pages are not cached.
+pub(crate) fn sendfile(
+    sock: &OwnedFd,
+    file: &OwnedFd,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut off = offset;
+    rfs::sendfile(sock, file, Some(&mut off), len).map_err(io_err)
+}
+
+/// `shutdown(SHUT_WR)`.
+pub(crate) fn shutdown_write(sock: &OwnedFd) -> io::Result<()> {
+    rnet::shutdown(sock, rnet::Shutdown::Write).map_err(io_err)
+}
+
+// ---- files ---------------------------------------------------------------------------------
+
+/// `openat2(dir, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)`; `O_NONBLOCK` so a FIFO
+/// planted in the document root cannot hang the open. With `beneath`, resolution stays under
+/// `dir` and refuses magic links; with [`Wait::NoWait`], `RESOLVE_CACHED` makes a lookup that
+/// needs the disk fail with `EAGAIN`.
+pub(crate) fn open(dir: &OwnedFd, path: &CStr, beneath: bool, wait: Wait) -> io::Result<OwnedFd> {
+    let mut resolve = ResolveFlags::empty();
+    if beneath {
+        resolve |= ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    }
+    if wait == Wait::NoWait {
+        resolve |= ResolveFlags::CACHED;
+    }
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    rfs::openat2(dir, path, flags, Mode::empty(), resolve).map_err(io_err)
+}
+
+/// `fstat`.
+pub(crate) fn stat(file: &OwnedFd) -> io::Result<FileStat> {
+    let st = rfs::fstat(file).map_err(io_err)?;
+    let file_type = match rfs::FileType::from_raw_mode(st.st_mode) {
+        rfs::FileType::RegularFile => FileType::Regular,
+        rfs::FileType::Directory => FileType::Directory,
+        _ => FileType::Other,
+    };
+    let secs = u64::try_from(st.st_mtime).unwrap_or(0);
+    let nsec = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
+    Ok(FileStat {
+        len_bytes: u64::try_from(st.st_size).unwrap_or(0),
+        ino: st.st_ino,
+        dev: st.st_dev,
+        modified: UNIX_EPOCH + Duration::new(secs, nsec),
+        modified_nsec: nsec,
+        file_type,
+    })
+}
+
+/// `preadv2` of up to `len` bytes at `offset`, appended to `buf`; with [`Wait::NoWait`] it uses
+/// `RWF_NOWAIT` (`EAGAIN` when the first page is not cached; short when a later one is not).
+pub(crate) fn read(
+    file: &OwnedFd,
+    offset: u64,
+    len: usize,
+    buf: &mut Vec<u8>,
+    wait: Wait,
+) -> io::Result<usize> {
+    let start = buf.len();
+    buf.resize(start + len, 0);
+    let flags = match wait {
+        Wait::NoWait => ReadWriteFlags::NOWAIT,
+        Wait::Block => ReadWriteFlags::empty(),
+    };
+    let r = rustix::io::preadv2(
+        file,
+        &mut [io::IoSliceMut::new(&mut buf[start..])],
+        offset,
+        flags,
+    );
+    let n = *r.as_ref().unwrap_or(&0);
+    buf.truncate(start + n);
+    r.map_err(io_err)
+}
+
+/// `pwritev2` of `buf` at `offset` (or appended: `RWF_APPEND`), `RWF_NOWAIT` with
+/// [`Wait::NoWait`].
+pub(crate) fn write(
+    file: &OwnedFd,
+    offset: Option<u64>,
+    buf: &[u8],
+    wait: Wait,
+) -> io::Result<usize> {
+    let mut flags = match wait {
+        Wait::NoWait => ReadWriteFlags::NOWAIT,
+        Wait::Block => ReadWriteFlags::empty(),
+    };
+    let off = match offset {
+        Some(o) => o,
+        None => {
+            flags |= ReadWriteFlags::APPEND;
+            u64::MAX
+        }
+    };
+    rustix::io::pwritev2(file, &[io::IoSlice::new(buf)], off, flags).map_err(io_err)
+}
+
+/// `cachestat(2)` (Linux 6.5): the system call number is 451 on every architecture.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// Whether every page of `[offset, offset + len)` is in the page cache (`cachestat(2)`).
+/// A range past the end of the file counts only its pages inside the file.
+pub(crate) fn range_cached(
+    file: &OwnedFd,
+    offset: u64,
+    len: u64,
+    file_len: Option<u64>,
+) -> io::Result<bool> {
+    const PAGE: u64 = 4096;
+    let end = match file_len {
+        Some(l) => (offset + len).min(l),
+        None => offset + len,
+    };
+    if end <= offset {
+        return Ok(true);
+    }
+    let first = offset / PAGE;
+    let last = end.div_ceil(PAGE);
+    let range = CachestatRange {
+        off: first * PAGE,
+        len: (last - first) * PAGE,
+    };
+    let mut cs = Cachestat::default();
+    // SAFETY: `range` and `cs` are live, correctly laid out (`struct cachestat_range` and
+    // `struct cachestat` of include/uapi/linux/mman.h) and exclusively borrowed for the call;
+    // the descriptor is valid for the call because `file` borrows it; flags must be 0.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const CachestatRange,
+            &mut cs as *mut Cachestat,
+            0u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cs.nr_cache >= last - first)
+}
+
+// ---- epoll and eventfd ---------------------------------------------------------------------
+
+/// A new epoll instance.
+pub(crate) fn epoll_new() -> io::Result<OwnedFd> {
+    epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io_err)
+}
+
+/// Register `fd` edge-triggered for both directions, with `key` as its event data.
+pub(crate) fn epoll_add(ep: &OwnedFd, fd: impl AsFd, key: u64) -> io::Result<()> {
+    let flags = epoll::EventFlags::IN
+        | epoll::EventFlags::OUT
+        | epoll::EventFlags::RDHUP
+        | epoll::EventFlags::ET;
+    match epoll::add(ep, fd, epoll::EventData::new_u64(key), flags) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Register `fd` level-triggered for reading (the wake-up eventfd).
+pub(crate) fn epoll_add_level(ep: &OwnedFd, fd: impl AsFd, key: u64) -> io::Result<()> {
+    epoll::add(
+        ep,
+        fd,
+        epoll::EventData::new_u64(key),
+        epoll::EventFlags::IN,
+    )
+    .map_err(io_err)
+}
+
+/// One ready descriptor as epoll reported it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ready {
+    pub key: u64,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// `epoll_wait` into `events` (cleared first); `None` waits forever. `EINTR` is an empty wait.
+pub(crate) fn epoll_wait(
+    ep: &OwnedFd,
+    raw: &mut Vec<epoll::Event>,
+    out: &mut Vec<Ready>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    raw.clear();
+    out.clear();
+    let ts = timeout.map(|d| rustix::time::Timespec {
+        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(d.subsec_nanos()),
+    });
+    match epoll::wait(ep, rustix::buffer::spare_capacity(raw), ts.as_ref()) {
+        Ok(_) => {}
+        Err(Errno::INTR) => return Ok(()),
+        Err(e) => return Err(io_err(e)),
+    }
+    use epoll::EventFlags as F;
+    out.extend(raw.iter().map(|ev| {
+        let f = ev.flags;
+        let bad = f.intersects(F::ERR | F::HUP);
+        Ready {
+            key: ev.data.u64(),
+            readable: bad || f.intersects(F::IN | F::RDHUP),
+            writable: bad || f.contains(F::OUT),
+        }
+    }));
+    Ok(())
+}
+
+/// A non-blocking eventfd.
+pub(crate) fn eventfd_new() -> io::Result<OwnedFd> {
+    use rustix::event::EventfdFlags;
+    rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io_err)
+}
+
+/// Add one to an eventfd (wakes a waiter). A full counter (`EAGAIN`) is already a wake-up.
+pub(crate) fn eventfd_signal(fd: &OwnedFd) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Reset an eventfd to zero.
+pub(crate) fn eventfd_drain(fd: &OwnedFd) {
+    let mut b = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut b);
+}
+
+// ---- probes --------------------------------------------------------------------------------
+
+/// The kernel's `(major, minor)` and full release string, from `uname`.
+pub(crate) fn kernel_version() -> ((u32, u32), String) {
+    let uts = rustix::system::uname();
+    let release = uts.release().to_string_lossy().into_owned();
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let major = nums.next().unwrap_or(0);
+    let minor = nums.next().unwrap_or(0);
+    ((major, minor), release)
+}
+
+/// The first regular file directly inside `dir` (opened read-only), to probe its file system.
+pub(crate) fn first_regular_file(dir: &OwnedFd) -> Option<OwnedFd> {
+    let mut d = rfs::Dir::read_from(dir).ok()?;
+    for _ in 0..4096 {
+        let entry = d.read()?.ok()?;
+        if entry.file_type() != rfs::FileType::RegularFile {
+            continue;
+        }
+        if let Ok(fd) = open(dir, entry.file_name(), true, Wait::Block) {
+            return Some(fd);
+        }
+    }
+    None
+}
+
+/// Open an absolute path read-only (probes only).
+pub(crate) fn open_absolute(path: &CStr) -> io::Result<OwnedFd> {
+    rfs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(io_err)
+}

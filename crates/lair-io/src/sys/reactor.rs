@@ -1,0 +1,331 @@
+//! The readiness reactor: an epoll set, a table of operations parked on sockets, an eventfd for
+//! helper completions and cross-thread wake-ups, and a helper pool — driven by a [`Policy`]
+//! that decides how each operation is first attempted.
+//!
+//! Why: `sync` and `lazy` (and later `eager`, `hybrid`) differ only in where a file call runs;
+//! the socket half (non-blocking calls, edge-triggered readiness, retry on the edge) is the
+//! same for all of them, so it lives here once.
+//!
+//! Invariants:
+//! - a socket is registered with epoll (edge-triggered, both directions) the first time an
+//!   operation on it would block, and at most one read-side and one write-side operation is
+//!   parked per socket;
+//! - every operation is attempted inline before it is parked, so an edge that fired before the
+//!   operation was submitted is never needed;
+//! - the eventfd is read before the helper queue is drained (see `helpers`), so no completion
+//!   is left behind while the loop sleeps.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+
+use super::exec::Step;
+use super::helpers::{Finished, Helpers, Job, JobMeta};
+use super::os::{self, Ready};
+use super::{Backend, EngineConfig, Waker};
+use crate::counters::Counters;
+use crate::op::{Completion, Interest, Op, Submit, Token};
+use crate::Error;
+
+/// How a backend first attempts an operation (and each retry after readiness).
+pub trait Policy: Sized + 'static {
+    /// Backend name.
+    const NAME: &'static str;
+    /// Set up (probe the kernel, read the configuration).
+    fn new(config: &EngineConfig) -> Result<Self, Error>;
+    /// Attempt `op`.
+    fn start(&mut self, op: Op) -> Step;
+}
+
+/// Epoll key of the wake-up eventfd; every other key is a descriptor number.
+const WAKE_KEY: u64 = u64::MAX;
+
+#[derive(Default)]
+struct Slot {
+    /// Identity of the descriptor the slot describes (`Arc` address), 0 if none: a slot left by
+    /// a closed descriptor whose number came back is reset, not trusted.
+    owner: usize,
+    registered: bool,
+    read: Option<Job>,
+    write: Option<Job>,
+}
+
+/// A backend made of a [`Policy`] and the readiness machinery.
+pub struct Readiness<P: Policy> {
+    policy: P,
+    epoll: OwnedFd,
+    wake: Arc<OwnedFd>,
+    helpers: Helpers,
+    slots: Vec<Slot>,
+    cancelled: Vec<Completion>,
+    raw: Vec<epoll::Event>,
+    events: Vec<Ready>,
+    finished: Vec<Finished>,
+    counters: Counters,
+}
+
+impl<P: Policy> Backend for Readiness<P> {
+    const NAME: &'static str = P::NAME;
+
+    fn new(config: &EngineConfig) -> Result<Self, Error> {
+        let policy = P::new(config)?;
+        let epoll = os::epoll_new().map_err(|e| Error::setup("epoll_create1", e))?;
+        let wake = Arc::new(os::eventfd_new().map_err(|e| Error::setup("eventfd", e))?);
+        os::epoll_add_level(&epoll, &*wake, WAKE_KEY)
+            .map_err(|e| Error::setup("epoll_ctl(eventfd)", e))?;
+        Ok(Readiness {
+            policy,
+            epoll,
+            helpers: Helpers::new(config.helpers, Arc::clone(&wake), P::NAME),
+            wake,
+            slots: Vec::new(),
+            cancelled: Vec::new(),
+            raw: Vec::with_capacity(256),
+            events: Vec::with_capacity(256),
+            finished: Vec::new(),
+            counters: Counters::new(P::NAME),
+        })
+    }
+
+    fn submit(&mut self, token: Token, op: Op) -> Submit {
+        let kind = op.kind();
+        self.counters.op_mut(kind).submitted += 1;
+        if let Op::Close { fd } = &op {
+            self.cancel(fd);
+        }
+        match self.policy.start(op) {
+            Step::Done(result, out) => {
+                let c = self.counters.op_mut(kind);
+                c.inline += 1;
+                c.errors += u64::from(result.is_err());
+                Submit::Done(Completion::new(token, kind, result, out))
+            }
+            Step::WouldBlock(op) => {
+                let job = Job {
+                    token,
+                    op,
+                    sent: Instant::now(),
+                    parked: false,
+                    helped: false,
+                };
+                match self.park(job) {
+                    Ok(()) => Submit::Pending,
+                    Err(c) => Submit::Done(c),
+                }
+            }
+            Step::Helper(op) => {
+                self.to_helper(Job {
+                    token,
+                    op,
+                    sent: Instant::now(),
+                    parked: false,
+                    helped: false,
+                });
+                Submit::Pending
+            }
+        }
+    }
+
+    fn poll(&mut self, done: &mut Vec<Completion>, timeout: Option<Duration>) -> Result<(), Error> {
+        let had = done.len();
+        done.append(&mut self.cancelled);
+        let timeout = if done.len() > had {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
+        os::epoll_wait(&self.epoll, &mut self.raw, &mut self.events, timeout)
+            .map_err(|e| Error::setup("epoll_wait", e))?;
+        self.counters.wakeups += 1;
+        for i in 0..self.events.len() {
+            let ev = self.events[i];
+            if ev.key == WAKE_KEY {
+                // Read the eventfd first, then drain: a completion pushed after the drain
+                // signals again (see `helpers`).
+                os::eventfd_drain(&self.wake);
+                self.helpers.collect(&mut self.finished);
+                let mut finished = std::mem::take(&mut self.finished);
+                for f in finished.drain(..) {
+                    self.finish_helper(f, done);
+                }
+                self.finished = finished;
+                continue;
+            }
+            let fd = usize::try_from(ev.key).unwrap_or(usize::MAX);
+            if ev.readable {
+                if let Some(job) = self.slots.get_mut(fd).and_then(|s| s.read.take()) {
+                    self.retry(job, done);
+                }
+            }
+            if ev.writable {
+                if let Some(job) = self.slots.get_mut(fd).and_then(|s| s.write.take()) {
+                    self.retry(job, done);
+                }
+            }
+        }
+        done.append(&mut self.cancelled);
+        Ok(())
+    }
+
+    fn waker(&self) -> Waker {
+        Waker(Arc::clone(&self.wake))
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn helper_threads(&self) -> usize {
+        self.helpers.threads()
+    }
+}
+
+impl<P: Policy> Readiness<P> {
+    fn to_helper(&mut self, mut job: Job) {
+        if !job.helped {
+            job.helped = true;
+            self.counters.op_mut(job.op.kind()).helper += 1;
+        }
+        job.sent = Instant::now();
+        self.helpers.submit(job);
+    }
+
+    /// Park `job` on its socket until epoll reports readiness in its direction.
+    fn park(&mut self, mut job: Job) -> Result<(), Completion> {
+        let kind = job.op.kind();
+        let Some((sock, interest)) = job.op.socket_interest() else {
+            // Only socket operations can wait for readiness; anything else is a policy bug.
+            return Err(self.fail(job, io::Error::other("not a socket operation")));
+        };
+        let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);
+        let owner = Arc::as_ptr(sock) as usize;
+        if fd >= self.slots.len() {
+            self.slots.resize_with(fd + 1, Slot::default);
+        }
+        let slot = &mut self.slots[fd];
+        if slot.owner != owner {
+            // A stale slot cannot hold jobs: they would keep the old descriptor, and so its
+            // number, alive.
+            *slot = Slot {
+                owner,
+                ..Slot::default()
+            };
+        }
+        if !slot.registered {
+            if let Err(e) = os::epoll_add(&self.epoll, &**sock, fd as u64) {
+                return Err(self.fail(job, e));
+            }
+            slot.registered = true;
+        }
+        let place = match interest {
+            Interest::Read => &mut slot.read,
+            Interest::Write => &mut slot.write,
+        };
+        if place.is_some() {
+            return Err(self.fail(job, io::Error::from_raw_os_error(libc::EBUSY)));
+        }
+        if !job.parked {
+            job.parked = true;
+            self.counters.op_mut(kind).parked += 1;
+        }
+        *place = Some(job);
+        Ok(())
+    }
+
+    fn fail(&mut self, job: Job, e: io::Error) -> Completion {
+        let kind = job.op.kind();
+        self.counters.op_mut(kind).errors += 1;
+        Completion::new(job.token, kind, Err(e), job.op.into_out())
+    }
+
+    /// Cancel what is parked on `fd` (completions with `ECANCELED`, delivered by `poll`).
+    fn cancel(&mut self, fd: &Arc<OwnedFd>) {
+        let n = usize::try_from(fd.as_raw_fd()).unwrap_or(usize::MAX);
+        let Some(slot) = self.slots.get_mut(n) else {
+            return;
+        };
+        if slot.owner != Arc::as_ptr(fd) as usize {
+            return;
+        }
+        let slot = std::mem::take(slot);
+        for job in [slot.read, slot.write].into_iter().flatten() {
+            let c = self.fail(job, io::Error::from_raw_os_error(libc::ECANCELED));
+            self.cancelled.push(c);
+        }
+    }
+
+    fn retry(&mut self, job: Job, done: &mut Vec<Completion>) {
+        let Job {
+            token,
+            op,
+            sent,
+            parked,
+            helped,
+        } = job;
+        let kind = op.kind();
+        match self.policy.start(op) {
+            Step::Done(result, out) => {
+                self.counters.op_mut(kind).errors += u64::from(result.is_err());
+                done.push(Completion::new(token, kind, result, out));
+            }
+            Step::WouldBlock(op) => {
+                let job = Job {
+                    token,
+                    op,
+                    sent,
+                    parked,
+                    helped,
+                };
+                if let Err(c) = self.park(job) {
+                    done.push(c);
+                }
+            }
+            Step::Helper(op) => self.to_helper(Job {
+                token,
+                op,
+                sent,
+                parked,
+                helped,
+            }),
+        }
+    }
+
+    fn finish_helper(&mut self, f: Finished, done: &mut Vec<Completion>) {
+        let JobMeta {
+            token,
+            kind,
+            sent,
+            parked,
+        } = f.job;
+        self.counters.record_helper_latency(kind, sent.elapsed());
+        match f.step {
+            Step::Done(result, out) => {
+                self.counters.op_mut(kind).errors += u64::from(result.is_err());
+                done.push(Completion::new(token, kind, result, out));
+            }
+            // The disk part is done and the pages are cached; the socket is full: wait for it.
+            Step::WouldBlock(op) => {
+                let job = Job {
+                    token,
+                    op,
+                    sent,
+                    parked,
+                    helped: true,
+                };
+                if let Err(c) = self.park(job) {
+                    done.push(c);
+                }
+            }
+            Step::Helper(op) => self.to_helper(Job {
+                token,
+                op,
+                sent,
+                parked,
+                helped: true,
+            }),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Start-up system calls the server needs outside the engine's operations: listening sockets,
+//! the document root and log descriptors, CPU pinning, the descriptor limit.
+//!
+//! Why here: lair-http makes no system call of its own; everything that touches the kernel is
+//! in lair-io, so the server is protocol and state only.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{self as rfs, Mode, OFlags};
+use rustix::io::Errno;
+use rustix::net::{self as rnet, AddressFamily, SocketFlags, SocketType};
+
+fn io_err(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+/// A non-blocking TCP listener on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT` (so every
+/// worker can have its own, and the kernel spreads connections across them), `IPV6_V6ONLY` for
+/// IPv6 addresses (so `[::]` and `0.0.0.0` can both be bound).
+pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let fd = rnet::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(io_err)?;
+    rnet::sockopt::set_socket_reuseaddr(&fd, true).map_err(io_err)?;
+    rnet::sockopt::set_socket_reuseport(&fd, true).map_err(io_err)?;
+    if addr.is_ipv6() {
+        rnet::sockopt::set_ipv6_v6only(&fd, true).map_err(io_err)?;
+    }
+    rnet::bind(&fd, &addr).map_err(io_err)?;
+    rnet::listen(&fd, backlog).map_err(io_err)?;
+    Ok(fd)
+}
+
+/// The address a socket is bound to (the real port after binding port 0).
+pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    let a = rnet::getsockname(fd).map_err(io_err)?;
+    SocketAddr::try_from(a).map_err(|_| io::Error::other("not an IP socket"))
+}
+
+/// Open a directory (the document root) for `openat2` beneath it.
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io_err)
+}
+
+/// Open (create) a file for appending, e.g. the access log.
+pub fn open_append(path: &Path) -> io::Result<OwnedFd> {
+    rfs::open(
+        path,
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(io_err)
+}
+
+/// Duplicate standard output (for an access log written to `-`).
+pub fn stdout() -> io::Result<OwnedFd> {
+    use std::os::fd::AsFd;
+    io::stdout().as_fd().try_clone_to_owned()
+}
+
+/// Pin the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).map_err(io_err)
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect(),
+        Err(_) => vec![0],
+    }
+}
+
+/// Raise the soft descriptor limit to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let target = lim.maximum;
+    if target.is_some() && target != lim.current {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: target,
+                maximum: lim.maximum,
+            },
+        )
+        .map_err(io_err)?;
+    }
+    Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
+}

@@ -1,0 +1,279 @@
+//! The engine contract, run against every backend with real files and real sockets.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lair_io::{
+    setup, with_backend, Attempt, Backend, BackendKind, Completion, EngineConfig, FileType, Op,
+    OpKind, Out, Submit, Token, WithBackend,
+};
+
+/// Submit and, if pending, poll until that token completes (bounded).
+fn run<B: Backend>(b: &mut B, token: u64, op: Op) -> Completion {
+    match b.submit(Token(token), op) {
+        Submit::Done(c) => c,
+        Submit::Pending => wait_for(b, token),
+    }
+}
+
+fn wait_for<B: Backend>(b: &mut B, token: u64) -> Completion {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut done = Vec::new();
+    loop {
+        b.poll(&mut done, Some(Duration::from_millis(100))).unwrap();
+        if let Some(i) = done.iter().position(|c| c.token == Token(token)) {
+            return done.swap_remove(i);
+        }
+        assert!(Instant::now() < deadline, "token {token} never completed");
+    }
+}
+
+fn for_each_backend(f: impl Fn(BackendKind) + Copy) {
+    for kind in BackendKind::ALL {
+        f(kind);
+    }
+}
+
+struct Files;
+impl WithBackend for Files {
+    type Output = ();
+    fn run<B: Backend>(self, mut b: B) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"hello, lair").unwrap();
+        let root = Arc::new(setup::open_dir(dir.path()).unwrap());
+
+        let c = run(
+            &mut b,
+            1,
+            Op::Open {
+                dir: root.clone(),
+                path: CString::new("a.txt").unwrap(),
+                beneath: true,
+            },
+        );
+        let Out::File(f) = c.out else {
+            panic!("open gave {:?}", c.result)
+        };
+        let f = Arc::new(f);
+        let c = run(&mut b, 2, Op::Stat { file: f.clone() });
+        let Out::Stat(st) = c.out else { panic!("stat") };
+        assert_eq!(st.len_bytes, 11);
+        assert_eq!(st.file_type, FileType::Regular);
+        let c = run(
+            &mut b,
+            3,
+            Op::Read {
+                file: f.clone(),
+                offset: 7,
+                len: 100,
+                buf: b"x".to_vec(),
+            },
+        );
+        assert_eq!(c.result.unwrap(), 4);
+        let Out::Buf(buf) = c.out else { panic!("read") };
+        assert_eq!(buf, b"xlair");
+
+        // `..` and absolute paths cannot leave the directory.
+        for bad in ["../x", "/etc/passwd"] {
+            let c = run(
+                &mut b,
+                4,
+                Op::Open {
+                    dir: root.clone(),
+                    path: CString::new(bad).unwrap(),
+                    beneath: true,
+                },
+            );
+            assert_eq!(
+                c.result.unwrap_err().raw_os_error(),
+                Some(libc::EXDEV),
+                "{bad}"
+            );
+        }
+        let c = run(
+            &mut b,
+            5,
+            Op::Open {
+                dir: root.clone(),
+                path: CString::new("missing").unwrap(),
+                beneath: true,
+            },
+        );
+        assert_eq!(c.result.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+
+        // Appending writes come back with their buffer.
+        let log = Arc::new(setup::open_append(&dir.path().join("log")).unwrap());
+        let c = run(
+            &mut b,
+            6,
+            Op::Write {
+                file: log.clone(),
+                offset: None,
+                buf: b"line\n".to_vec(),
+            },
+        );
+        assert_eq!(c.result.unwrap(), 5);
+        assert!(matches!(c.out, Out::Buf(ref v) if v == b"line\n"));
+        assert_eq!(std::fs::read(dir.path().join("log")).unwrap(), b"line\n");
+        assert!(b.counters().op(OpKind::Open).submitted >= 4);
+    }
+}
+
+#[test]
+fn file_operations_on_every_backend() {
+    for_each_backend(|k| with_backend(k, &EngineConfig::default(), Files).unwrap());
+}
+
+struct Calls;
+impl WithBackend for Calls {
+    type Output = ();
+    fn run<B: Backend>(self, mut b: B) {
+        // A call that never blocks finishes inline on every backend.
+        let c = run(
+            &mut b,
+            1,
+            Op::Call(Box::new(|_| Ok(u64::from(std::process::id())))),
+        );
+        assert_eq!(c.result.unwrap() as u32, std::process::id());
+        // A call that would block: the lazy backend hands it to a helper, `sync` runs it in place.
+        let op = Op::Call(Box::new(|a| match a {
+            Attempt::NoWait => Err(std::io::ErrorKind::WouldBlock.into()),
+            Attempt::MayBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                Ok(7)
+            }
+        }));
+        let submitted = b.submit(Token(2), op);
+        let c = match (B::NAME, submitted) {
+            ("lazy", Submit::Pending) => wait_for(&mut b, 2),
+            ("sync", Submit::Done(c)) => c,
+            (name, s) => panic!("{name}: unexpected {s:?}"),
+        };
+        assert_eq!(c.result.unwrap(), 7);
+        let calls = b.counters().op(OpKind::Call);
+        assert_eq!(calls.submitted, 2);
+        if B::NAME == "lazy" {
+            assert_eq!((calls.inline, calls.helper), (1, 1));
+            assert!(calls.helper_ns_max >= 20_000_000);
+        }
+    }
+}
+
+#[test]
+fn calls_go_to_helpers_only_when_they_would_block() {
+    for_each_backend(|k| with_backend(k, &EngineConfig::default(), Calls).unwrap());
+}
+
+fn pair() -> (Arc<OwnedFd>, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server, _) = l.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    (Arc::new(OwnedFd::from(server)), client)
+}
+
+struct Sockets;
+impl WithBackend for Sockets {
+    type Output = ();
+    fn run<B: Backend>(self, mut b: B) {
+        let (sock, mut client) = pair();
+        // Nothing to read yet: parked until the client writes.
+        let s = b.submit(
+            Token(1),
+            Op::Recv {
+                sock: sock.clone(),
+                buf: Vec::new(),
+                max: 64,
+            },
+        );
+        assert!(matches!(s, Submit::Pending));
+        client.write_all(b"ping").unwrap();
+        let c = wait_for(&mut b, 1);
+        assert_eq!(c.result.unwrap(), 4);
+        assert!(matches!(c.out, Out::Buf(ref v) if v == b"ping"));
+
+        let c = run(
+            &mut b,
+            2,
+            Op::Send {
+                sock: sock.clone(),
+                buf: b"xpong".to_vec(),
+                from: 1,
+                more: false,
+            },
+        );
+        assert_eq!(c.result.unwrap(), 4);
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pong");
+
+        // Closing cancels a parked receive and gives its buffer back.
+        let s = b.submit(
+            Token(3),
+            Op::Recv {
+                sock: sock.clone(),
+                buf: b"kept".to_vec(),
+                max: 64,
+            },
+        );
+        assert!(matches!(s, Submit::Pending));
+        let closed = b.submit(Token(4), Op::Close { fd: sock });
+        assert!(matches!(closed, Submit::Done(_)));
+        let c = wait_for(&mut b, 3);
+        assert_eq!(c.result.unwrap_err().raw_os_error(), Some(libc::ECANCELED));
+        assert!(matches!(c.out, Out::Buf(ref v) if v == b"kept"));
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the server side is closed");
+
+        // A waker from another thread ends a long poll early.
+        let w = b.waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            w.wake();
+        });
+        let started = Instant::now();
+        let mut done = Vec::new();
+        b.poll(&mut done, Some(Duration::from_secs(20))).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn sockets_park_until_ready_and_close_cancels() {
+    for_each_backend(|k| with_backend(k, &EngineConfig::default(), Sockets).unwrap());
+}
+
+struct Accepts;
+impl WithBackend for Accepts {
+    type Output = ();
+    fn run<B: Backend>(self, mut b: B) {
+        let l = Arc::new(setup::bind_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap());
+        let addr = setup::local_addr(&l).unwrap();
+        assert!(matches!(
+            b.submit(
+                Token(1),
+                Op::Accept {
+                    listener: l.clone()
+                }
+            ),
+            Submit::Pending
+        ));
+        let _client = TcpStream::connect(addr).unwrap();
+        let c = wait_for(&mut b, 1);
+        let Out::Conn(_, Some(peer)) = c.out else {
+            panic!("accept: {:?}", c.result)
+        };
+        assert!(peer.ip().is_loopback());
+    }
+}
+
+#[test]
+fn accept_parks_on_the_listener() {
+    for_each_backend(|k| with_backend(k, &EngineConfig::default(), Accepts).unwrap());
+}
