@@ -1,1 +1,376 @@
-//! placeholder
+//! lair-http: an HTTP/1.1 static-content server over the lair-io engine.
+//!
+//! [`Server::bind`] opens the document root and every listener (one `SO_REUSEPORT` socket per
+//! address per worker); [`Server::start`] runs N workers, each an event loop over its own
+//! engine instance; [`Running::stop`] begins a graceful shutdown and [`Running::wait`] returns
+//! per-worker reports (engine counters and HTTP statistics).
+//!
+//! Layers: `request` (parse and refuse), `path` (target to safe relative path), `validators`
+//! (preconditions and ranges), `response` (heads), `log` (access log), `conn` (one
+//! connection's state machine), `worker` (the loop). Everything that touches the kernel goes
+//! through lair-io: this crate makes no system call.
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use lair_io::{setup, with_backend, Backend, Counters, EngineConfig, SharedFd, Waker, WithBackend};
+use serde::Serialize;
+
+pub mod config;
+mod conn;
+pub mod log;
+pub mod path;
+pub mod request;
+pub mod response;
+pub mod validators;
+mod worker;
+
+pub use config::{AccessLog, Limits, ServerConfig, Timeouts};
+
+/// Errors starting or running the server (the operator's or the host's fault).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The document root cannot be opened.
+    #[error("document root {path}: {source}")]
+    Root {
+        /// The configured root.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A listen address cannot be bound.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The access log cannot be opened.
+    #[error("access log {path}: {source}")]
+    AccessLog {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] lair_io::Error),
+    /// A worker thread could not start or panicked.
+    #[error("worker {0}: {1}")]
+    Worker(usize, String),
+}
+
+/// HTTP-level statistics of one worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HttpStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Request heads parsed.
+    pub requests: u64,
+    /// Responses by class.
+    pub status_2xx: u64,
+    /// 3xx responses.
+    pub status_3xx: u64,
+    /// 4xx responses.
+    pub status_4xx: u64,
+    /// 5xx responses.
+    pub status_5xx: u64,
+    /// Body bytes sent.
+    pub body_bytes: u64,
+    /// Connections ended by a timeout.
+    pub timeouts: u64,
+    /// Connections answered 503 because of the connection cap.
+    pub overload_503: u64,
+    /// Times accepting paused for lack of descriptors.
+    pub accept_backoffs: u64,
+    /// Responses cut short because the file changed under them.
+    pub file_changed: u64,
+}
+
+impl HttpStats {
+    /// Add `o` into `self`.
+    pub fn merge(&mut self, o: &HttpStats) {
+        self.connections += o.connections;
+        self.requests += o.requests;
+        self.status_2xx += o.status_2xx;
+        self.status_3xx += o.status_3xx;
+        self.status_4xx += o.status_4xx;
+        self.status_5xx += o.status_5xx;
+        self.body_bytes += o.body_bytes;
+        self.timeouts += o.timeouts;
+        self.overload_503 += o.overload_503;
+        self.accept_backoffs += o.accept_backoffs;
+        self.file_changed += o.file_changed;
+    }
+}
+
+/// What one worker did, returned at shutdown.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerReport {
+    /// Worker index.
+    pub worker: usize,
+    /// How the engine ran each operation.
+    pub engine: Counters,
+    /// HTTP statistics.
+    pub http: HttpStats,
+    /// Helper threads the engine started.
+    pub helper_threads: usize,
+}
+
+/// The whole server's report: the sum over workers, and each worker.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Summed engine counters.
+    pub engine: Counters,
+    /// Summed HTTP statistics.
+    pub http: HttpStats,
+    /// Per worker.
+    pub workers: Vec<WorkerReport>,
+}
+
+/// State every worker shares (read-only but for the stop flag and waker list).
+pub(crate) struct Shared {
+    pub cfg: ServerConfig,
+    pub root: SharedFd,
+    pub log: Option<SharedFd>,
+    pub stop: AtomicBool,
+    pub wakers: Mutex<Vec<Waker>>,
+}
+
+/// A server with its sockets bound, not yet running.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<Vec<OwnedFd>>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Server {
+    /// Open the root and the access log, bind every listener for every worker. A port of 0 is
+    /// chosen once by the kernel and then shared by all workers.
+    pub fn bind(cfg: ServerConfig) -> Result<Server, Error> {
+        if cfg.workers == 0 {
+            return Err(Error::Config("workers must be at least 1".into()));
+        }
+        if cfg.listen.is_empty() {
+            return Err(Error::Config("no listen address".into()));
+        }
+        if cfg.limits.header_fields > request::MAX_FIELDS {
+            return Err(Error::Config(format!(
+                "header field limit is at most {}",
+                request::MAX_FIELDS
+            )));
+        }
+        let root = setup::open_dir(&cfg.root).map_err(|source| Error::Root {
+            path: cfg.root.display().to_string(),
+            source,
+        })?;
+        let log = match &cfg.access_log {
+            AccessLog::Off => None,
+            AccessLog::Stdout => Some(setup::stdout().map_err(|source| Error::AccessLog {
+                path: "-".into(),
+                source,
+            })?),
+            AccessLog::File(p) => {
+                Some(setup::open_append(p).map_err(|source| Error::AccessLog {
+                    path: p.display().to_string(),
+                    source,
+                })?)
+            }
+        };
+        let mut listeners: Vec<Vec<OwnedFd>> = (0..cfg.workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for &want in &cfg.listen {
+            let mut addr = want;
+            for per_worker in listeners.iter_mut() {
+                let fd = setup::bind_listener(addr, cfg.backlog)
+                    .map_err(|source| Error::Listen { addr: want, source })?;
+                if addr.port() == 0 {
+                    addr = setup::local_addr(&fd)
+                        .map_err(|source| Error::Listen { addr: want, source })?;
+                }
+                per_worker.push(fd);
+            }
+            addrs.push(addr);
+        }
+        Ok(Server {
+            shared: Arc::new(Shared {
+                cfg,
+                root: Arc::new(root),
+                log: log.map(Arc::new),
+                stop: AtomicBool::new(false),
+                wakers: Mutex::new(Vec::new()),
+            }),
+            listeners,
+            addrs,
+        })
+    }
+
+    /// The bound addresses, one per `--listen`, with real ports.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Start the workers.
+    pub fn start(self) -> Result<Running, Error> {
+        let cpus = setup::allowed_cpus();
+        let mut threads = Vec::new();
+        for (id, listeners) in self.listeners.into_iter().enumerate() {
+            let shared = Arc::clone(&self.shared);
+            let cpu = shared.cfg.pin.then(|| cpus[id % cpus.len().max(1)]);
+            let t = std::thread::Builder::new()
+                .name(format!("lair-worker-{id}"))
+                .spawn(move || run_worker(id, shared, listeners, cpu))
+                .map_err(|e| Error::Worker(id, e.to_string()))?;
+            threads.push(t);
+        }
+        Ok(Running {
+            shared: self.shared,
+            threads,
+            addrs: self.addrs,
+        })
+    }
+}
+
+struct Job {
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<OwnedFd>,
+}
+
+impl WithBackend for Job {
+    type Output = Result<WorkerReport, Error>;
+    fn run<B: Backend>(self, engine: B) -> Self::Output {
+        self.shared
+            .wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(engine.waker());
+        let w = worker::Worker::new(self.id, engine, self.shared, self.listeners);
+        Ok(w.run()?)
+    }
+}
+
+fn run_worker(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<OwnedFd>,
+    cpu: Option<usize>,
+) -> Result<WorkerReport, Error> {
+    if let Some(cpu) = cpu {
+        if let Err(e) = setup::pin_current_thread(cpu) {
+            tracing::warn!("worker {id}: cannot pin to CPU {cpu}: {e}");
+        }
+    }
+    let engine_cfg = EngineConfig {
+        helpers: shared.cfg.helpers,
+        probe_dir: Some(Arc::clone(&shared.root)),
+    };
+    let kind = shared.cfg.backend;
+    let job = Job {
+        id,
+        shared: Arc::clone(&shared),
+        listeners,
+    };
+    let result = with_backend(kind, &engine_cfg, job)
+        .map_err(Error::from)
+        .and_then(|r| r);
+    if result.is_err() {
+        // One worker failing stops the others, so `Running::wait` returns.
+        Stopper(shared).stop();
+    }
+    result
+}
+
+/// Stops a running server from any thread (e.g. a signal handler thread).
+#[derive(Clone)]
+pub struct Stopper(Arc<Shared>);
+
+impl Stopper {
+    /// Begin a graceful shutdown: stop accepting, close idle connections, finish in-flight
+    /// responses up to the shutdown timeout.
+    pub fn stop(&self) {
+        self.0.stop.store(true, Ordering::Release);
+        for w in self
+            .0
+            .wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            w.wake();
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<Result<WorkerReport, Error>>>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Running {
+    /// The bound addresses.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// A handle that stops the server.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.shared))
+    }
+
+    /// Begin a graceful shutdown.
+    pub fn stop(&self) {
+        self.stopper().stop();
+    }
+
+    /// Wait for every worker to finish; the first worker error wins.
+    pub fn wait(self) -> Result<Report, Error> {
+        let mut workers = Vec::new();
+        let mut first_err = None;
+        for (id, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(r)) => workers.push(r),
+                Ok(Err(e)) => {
+                    // One worker failing stops the others.
+                    Stopper(Arc::clone(&self.shared)).stop();
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    Stopper(Arc::clone(&self.shared)).stop();
+                    first_err.get_or_insert(Error::Worker(id, "panicked".into()));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let mut engine = Counters::new(workers.first().map_or("", |w| w.engine.backend));
+        let mut http = HttpStats::default();
+        for w in &workers {
+            engine.merge(&w.engine);
+            http.merge(&w.http);
+        }
+        Ok(Report {
+            engine,
+            http,
+            workers,
+        })
+    }
+}

@@ -1,1 +1,57 @@
-fn main() {}
+//! The `lair` command: `lair serve` today; `load`, `lab` and `micro` join it as subcommands.
+//!
+//! Thin on purpose: it parses flags and the TOML config (flags win), sets up logging and
+//! signals, runs the library, and maps errors to exit codes (0 ok, 1 runtime failure, 2 bad
+//! usage or configuration).
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod serve;
+
+/// lair: an event-driven static web server built on lazy asynchronous I/O.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `debug`, `lair_http=debug`.
+    #[arg(long, global = true, env = "LAIR_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a directory over HTTP/1.1.
+    Serve(Box<serve::ServeArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(*args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.downcast_ref::<serve::ConfigError>().is_some() {
+                2
+            } else {
+                1
+            };
+            eprintln!("lair: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -117,7 +117,7 @@ impl<P: Policy> Backend for Readiness<P> {
                 }
             }
             Step::Helper(op) => {
-                self.to_helper(Job {
+                self.send_to_helper(Job {
                     token,
                     op,
                     sent: Instant::now(),
@@ -184,7 +184,7 @@ impl<P: Policy> Backend for Readiness<P> {
 }
 
 impl<P: Policy> Readiness<P> {
-    fn to_helper(&mut self, mut job: Job) {
+    fn send_to_helper(&mut self, mut job: Job) {
         if !job.helped {
             job.helped = true;
             self.counters.op_mut(job.op.kind()).helper += 1;
@@ -283,7 +283,7 @@ impl<P: Policy> Readiness<P> {
                     done.push(c);
                 }
             }
-            Step::Helper(op) => self.to_helper(Job {
+            Step::Helper(op) => self.send_to_helper(Job {
                 token,
                 op,
                 sent,
@@ -319,7 +319,7 @@ impl<P: Policy> Readiness<P> {
                     done.push(c);
                 }
             }
-            Step::Helper(op) => self.to_helper(Job {
+            Step::Helper(op) => self.send_to_helper(Job {
                 token,
                 op,
                 sent,

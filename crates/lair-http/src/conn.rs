@@ -1,0 +1,633 @@
+//! One connection's state machine: from received bytes to the next engine operation.
+//!
+//! Why a state machine over completions: every step of a response (open, stat, read, send,
+//! sendfile) is an engine operation that may finish inline or later; the connection remembers
+//! which one it waits for ([`Phase`]) and [`Conn::step`] turns the completion into the next
+//! operation. The caller (the worker) submits it and feeds the completion back, in a loop while
+//! operations finish inline. No system call happens here.
+//!
+//! Invariants: at most one operation per connection is in flight; the request head stays in
+//! `rbuf` (parsed into spans) until its response is complete; pipelined requests are answered
+//! one after another, in order.
+
+use std::ffi::CString;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lair_io::{Completion, FileStat, FileType, Op, Out, SharedFd};
+
+use crate::config::ServerConfig;
+use crate::log::{self, LogClock};
+use crate::path::{self, PathError};
+use crate::request::{self, Head, Method, Parsed};
+use crate::response::{self, DateCache, Persistence};
+use crate::validators::{self, Conditions, ETag, Precondition, RangeDecision};
+use crate::HttpStats;
+
+/// Bytes reserved for each receive.
+const RECV_BYTES: usize = 4096;
+
+/// What the connection waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Request bytes (`Recv`).
+    Reading,
+    /// The file (`Open`).
+    Opening,
+    /// Its metadata (`Stat`).
+    Statting,
+    /// A small body into the send buffer (`Read`).
+    ReadingBody,
+    /// The head of a large response (`Send` with `MSG_MORE`).
+    SendingHead,
+    /// The body of a large response (`Sendfile`).
+    SendingFile,
+    /// A whole response held in the send buffer (`Send`).
+    SendingBuf,
+    /// The write side being shut for a lingering close (`Shutdown`).
+    ShuttingDown,
+    /// Input drained before closing (`Recv`, discarded).
+    Lingering,
+}
+
+/// What the worker should do next for this connection.
+pub(crate) enum Next {
+    /// Submit this operation.
+    Submit(Op),
+    /// Close the connection.
+    Close,
+}
+
+/// Everything the state machine reads or updates outside the connection.
+pub(crate) struct Cx<'a> {
+    pub cfg: &'a ServerConfig,
+    pub root: &'a SharedFd,
+    pub date: &'a DateCache,
+    pub clock: &'a mut LogClock,
+    pub unix_now: u64,
+    pub now: Instant,
+    pub stats: &'a mut HttpStats,
+    pub log: Option<&'a mut Vec<u8>>,
+    pub stopping: bool,
+}
+
+/// The response being made.
+#[derive(Debug, Default)]
+struct Req {
+    head: Option<Head>,
+    rel: Vec<u8>,
+    trailing_slash: bool,
+    index: bool,
+    file: Option<SharedFd>,
+    status: u16,
+    persist: Option<Persistence>,
+    close_after: bool,
+    linger: bool,
+    body_off: u64,
+    body_left: u64,
+    body_len: u64,
+    wsent: usize,
+}
+
+/// One client connection.
+pub(crate) struct Conn {
+    pub sock: SharedFd,
+    pub peer: Option<SocketAddr>,
+    pub phase: Phase,
+    /// When the connection times out, if it can.
+    pub deadline: Option<Instant>,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    head_started: Instant,
+    served: u32,
+    discard: u64,
+    req: Req,
+}
+
+impl Conn {
+    pub fn new(sock: SharedFd, peer: Option<SocketAddr>, now: Instant) -> Self {
+        Conn {
+            sock,
+            peer,
+            phase: Phase::Reading,
+            deadline: None,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            head_started: now,
+            served: 0,
+            discard: 0,
+            req: Req::default(),
+        }
+    }
+
+    /// Waiting for a new request with nothing of it received (may be closed at shutdown).
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Reading && self.rbuf.is_empty() && self.req.head.is_none()
+    }
+
+    /// Answer 503 and close (connection cap reached).
+    pub fn overloaded(&mut self, cx: &mut Cx<'_>) -> Next {
+        cx.stats.overload_503 += 1;
+        self.error(cx, 503, true, &[("Retry-After", b"1")])
+    }
+
+    /// The next operation, given the completion of the last one (`None`: start).
+    pub fn step(&mut self, cx: &mut Cx<'_>, done: Option<Completion>) -> Next {
+        let Some(c) = done else {
+            return self.recv(cx);
+        };
+        match self.phase {
+            Phase::Reading => self.on_recv(cx, c),
+            Phase::Opening => self.on_open(cx, c),
+            Phase::Statting => self.on_stat(cx, c),
+            Phase::ReadingBody => self.on_read(cx, c),
+            Phase::SendingHead | Phase::SendingBuf => self.on_sent(cx, c),
+            Phase::SendingFile => self.on_sendfile(cx, c),
+            Phase::ShuttingDown => {
+                self.rbuf.clear();
+                self.phase = Phase::Lingering;
+                self.deadline = Some(cx.now + cx.cfg.timeouts.linger);
+                self.recv_op()
+            }
+            Phase::Lingering => match (c.result, c.out) {
+                (Ok(n), Out::Buf(mut b)) if n > 0 => {
+                    b.clear();
+                    self.rbuf = b;
+                    self.recv_op()
+                }
+                _ => Next::Close,
+            },
+        }
+    }
+
+    fn recv_op(&mut self) -> Next {
+        Next::Submit(Op::Recv {
+            sock: Arc::clone(&self.sock),
+            buf: std::mem::take(&mut self.rbuf),
+            max: RECV_BYTES,
+        })
+    }
+
+    fn recv(&mut self, cx: &mut Cx<'_>) -> Next {
+        self.phase = Phase::Reading;
+        let t = &cx.cfg.timeouts;
+        self.deadline = Some(if self.rbuf.is_empty() && self.served > 0 {
+            cx.now + t.keep_alive
+        } else {
+            self.head_started + t.header
+        });
+        self.recv_op()
+    }
+
+    fn on_recv(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
+        let (Ok(n), Out::Buf(buf)) = (c.result, c.out) else {
+            return Next::Close;
+        };
+        let was_empty = buf.len() == n;
+        self.rbuf = buf;
+        if n == 0 {
+            return Next::Close;
+        }
+        if was_empty && self.discard == 0 {
+            self.head_started = cx.now;
+        }
+        self.next_request(cx)
+    }
+
+    /// Discard what remains of the last request's body, then parse the next head.
+    fn next_request(&mut self, cx: &mut Cx<'_>) -> Next {
+        if self.discard > 0 {
+            let k = usize::try_from(self.discard)
+                .unwrap_or(usize::MAX)
+                .min(self.rbuf.len());
+            self.rbuf.drain(..k);
+            self.discard -= k as u64;
+            if self.discard > 0 {
+                return self.recv(cx);
+            }
+            self.head_started = cx.now;
+        }
+        if self.rbuf.is_empty() {
+            if cx.stopping {
+                return Next::Close;
+            }
+            return self.recv(cx);
+        }
+        match request::parse(&self.rbuf, &cx.cfg.limits) {
+            Ok(Parsed::Partial) => self.recv(cx),
+            Err(r) => {
+                self.req.persist = Some(Persistence::Close);
+                let extra: &[(&str, &[u8])] = if r.status == 405 {
+                    &[("Allow", b"GET, HEAD")]
+                } else {
+                    &[]
+                };
+                self.error(cx, r.status, true, extra)
+            }
+            Ok(Parsed::Complete(head)) => self.begin(cx, head),
+        }
+    }
+
+    fn begin(&mut self, cx: &mut Cx<'_>, head: Head) -> Next {
+        cx.stats.requests += 1;
+        let persist = match (head.keep_alive, head.minor) {
+            (false, _) => Persistence::Close,
+            (true, 0) => Persistence::KeepAlive10,
+            (true, _) => Persistence::KeepAlive11,
+        };
+        let target = head.target.get(&self.rbuf);
+        let resolved =
+            path::split_target(target).and_then(|(p, _)| path::resolve(p, cx.cfg.dotfiles));
+        let too_big = head.content_length > cx.cfg.limits.discard_body_bytes;
+        self.req = Req {
+            persist: Some(persist),
+            close_after: persist == Persistence::Close,
+            ..Req::default()
+        };
+        self.req.head = Some(head);
+        if too_big {
+            return self.error(cx, 413, true, &[]);
+        }
+        match resolved {
+            Ok(r) => {
+                self.req.rel = r.rel;
+                self.req.trailing_slash = r.trailing_slash;
+                self.open(cx)
+            }
+            Err(PathError::Dotfile) => self.error(cx, 404, false, &[]),
+            Err(_) => self.error(cx, 400, true, &[]),
+        }
+    }
+
+    fn open(&mut self, cx: &mut Cx<'_>) -> Next {
+        let path = if self.req.rel.is_empty() {
+            b".".to_vec()
+        } else {
+            self.req.rel.clone()
+        };
+        // `path::resolve` never yields a NUL byte.
+        let Ok(path) = CString::new(path) else {
+            return self.error(cx, 400, true, &[]);
+        };
+        self.phase = Phase::Opening;
+        self.deadline = None;
+        Next::Submit(Op::Open {
+            dir: Arc::clone(cx.root),
+            path,
+            beneath: true,
+        })
+    }
+
+    fn on_open(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
+        match (c.result, c.out) {
+            (Ok(_), Out::File(fd)) => {
+                let file = Arc::new(fd);
+                self.req.file = Some(Arc::clone(&file));
+                self.phase = Phase::Statting;
+                Next::Submit(Op::Stat { file })
+            }
+            (Err(e), _) => {
+                let status = open_status(&e);
+                if status == 500 {
+                    tracing::warn!("open {:?}: {e}", String::from_utf8_lossy(&self.req.rel));
+                }
+                self.error(cx, status, status >= 500, &[])
+            }
+            (Ok(_), _) => self.error(cx, 500, true, &[]),
+        }
+    }
+
+    fn on_stat(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
+        let st = match (c.result, c.out) {
+            (Ok(_), Out::Stat(st)) => st,
+            _ => return self.error(cx, 500, true, &[]),
+        };
+        match st.file_type {
+            FileType::Regular => self.respond_file(cx, st),
+            FileType::Directory if self.req.index => self.error(cx, 404, false, &[]),
+            FileType::Directory if !self.req.trailing_slash => self.redirect(cx),
+            FileType::Directory => {
+                self.req.index = true;
+                if !self.req.rel.is_empty() {
+                    self.req.rel.push(b'/');
+                }
+                self.req.rel.extend_from_slice(b"index.html");
+                self.req.file = None;
+                self.open(cx)
+            }
+            FileType::Other => self.error(cx, 404, false, &[]),
+        }
+    }
+
+    /// `/dir` → 301 `/dir/`, query kept.
+    fn redirect(&mut self, cx: &mut Cx<'_>) -> Next {
+        let mut loc = b"/".to_vec();
+        path::encode_path(&self.req.rel, &mut loc);
+        loc.push(b'/');
+        if let Some(head) = &self.req.head {
+            if let Ok((_, Some(q))) = path::split_target(head.target.get(&self.rbuf)) {
+                loc.push(b'?');
+                loc.extend_from_slice(q);
+            }
+        }
+        self.error(cx, 301, false, &[("Location", &loc)])
+    }
+
+    fn respond_file(&mut self, cx: &mut Cx<'_>, st: FileStat) -> Next {
+        let Some(head) = self.req.head.clone() else {
+            return Next::Close;
+        };
+        let etag = ETag::new(st.ino, st.len_bytes, st.modified);
+        let rb = &self.rbuf;
+        let field = |s: Option<request::Span>| s.map(|s| s.get(rb));
+        let conds = Conditions {
+            if_match: field(head.if_match),
+            if_none_match: field(head.if_none_match),
+            if_modified_since: field(head.if_modified_since),
+            if_unmodified_since: field(head.if_unmodified_since),
+        };
+        let last_modified = httpdate::fmt_http_date(st.modified);
+        match validators::evaluate(head.method, &conds, &etag, st.modified) {
+            Precondition::Failed => return self.error(cx, 412, false, &[]),
+            Precondition::NotModified => {
+                let extra: [(&str, &[u8]); 2] = [
+                    ("ETag", etag.as_str().as_bytes()),
+                    ("Last-Modified", last_modified.as_bytes()),
+                ];
+                return self.error(cx, 304, false, &extra);
+            }
+            Precondition::Proceed => {}
+        }
+        let len = st.len_bytes;
+        let decision = validators::range(
+            field(head.range),
+            field(head.if_range),
+            &etag,
+            st.modified,
+            len,
+        );
+        let (status, first, count) = match decision {
+            RangeDecision::Full => (200, 0, len),
+            RangeDecision::Partial { first, last } => (206, first, last - first + 1),
+            RangeDecision::Unsatisfiable => {
+                let cr = format!("bytes */{len}");
+                return self.error(cx, 416, false, &[("Content-Range", cr.as_bytes())]);
+            }
+        };
+        let persist = self.persistence(cx);
+        let w = &mut self.wbuf;
+        w.clear();
+        response::start(w, status, cx.date.text());
+        response::content_type(w, &self.req.rel);
+        response::content_length(w, count);
+        response::field(w, "Last-Modified", last_modified.as_bytes());
+        response::field(w, "ETag", etag.as_str().as_bytes());
+        response::field(w, "Accept-Ranges", b"bytes");
+        if status == 206 {
+            let cr = format!("bytes {first}-{}/{len}", first + count - 1);
+            response::field(w, "Content-Range", cr.as_bytes());
+        }
+        response::finish(w, persist);
+        self.req.status = status;
+        self.req.wsent = 0;
+        if head.method == Method::Head || count == 0 {
+            self.req.file = None;
+            return self.send_buf(cx, Phase::SendingBuf);
+        }
+        self.req.body_off = first;
+        self.req.body_left = count;
+        self.req.body_len = count;
+        if count <= cx.cfg.small_file_bytes as u64 {
+            self.read_body()
+        } else {
+            self.send_buf(cx, Phase::SendingHead)
+        }
+    }
+
+    fn persistence(&mut self, cx: &Cx<'_>) -> Persistence {
+        if cx.stopping {
+            self.req.close_after = true;
+        }
+        if self.req.close_after {
+            Persistence::Close
+        } else {
+            self.req.persist.unwrap_or(Persistence::Close)
+        }
+    }
+
+    fn read_body(&mut self) -> Next {
+        let Some(file) = self.req.file.clone() else {
+            return Next::Close;
+        };
+        self.phase = Phase::ReadingBody;
+        self.deadline = None;
+        Next::Submit(Op::Read {
+            file,
+            offset: self.req.body_off,
+            len: usize::try_from(self.req.body_left).unwrap_or(usize::MAX),
+            buf: std::mem::take(&mut self.wbuf),
+        })
+    }
+
+    fn on_read(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
+        if let Out::Buf(b) = c.out {
+            self.wbuf = b;
+        }
+        match c.result {
+            // The file shrank since `fstat`: nothing has been sent, but the head promises
+            // bytes that no longer exist. Close rather than send a wrong length.
+            Ok(0) => {
+                cx.stats.file_changed += 1;
+                Next::Close
+            }
+            Ok(n) => {
+                self.req.body_off += n as u64;
+                self.req.body_left = self.req.body_left.saturating_sub(n as u64);
+                if self.req.body_left > 0 {
+                    self.read_body()
+                } else {
+                    self.req.file = None;
+                    self.send_buf(cx, Phase::SendingBuf)
+                }
+            }
+            Err(e) => {
+                tracing::warn!("read {:?}: {e}", String::from_utf8_lossy(&self.req.rel));
+                self.error(cx, 500, true, &[])
+            }
+        }
+    }
+
+    fn send_buf(&mut self, cx: &Cx<'_>, phase: Phase) -> Next {
+        self.phase = phase;
+        self.deadline = Some(cx.now + cx.cfg.timeouts.send);
+        Next::Submit(Op::Send {
+            sock: Arc::clone(&self.sock),
+            buf: std::mem::take(&mut self.wbuf),
+            from: self.req.wsent,
+            more: phase == Phase::SendingHead,
+        })
+    }
+
+    fn on_sent(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
+        if let Out::Buf(b) = c.out {
+            self.wbuf = b;
+        }
+        let Ok(n) = c.result else {
+            return Next::Close;
+        };
+        self.req.wsent += n;
+        if self.req.wsent < self.wbuf.len() {
+            return self.send_buf(cx, self.phase);
+        }
+        if self.phase == Phase::SendingHead {
+            return self.send_file(cx);
+        }
+        self.complete(cx)
+    }
+
+    fn send_file(&mut self, cx: &Cx<'_>) -> Next {
+        let Some(file) = self.req.file.clone() else {
+            return Next::Close;
+        };
+        self.phase = Phase::SendingFile;
+        self.deadline = Some(cx.now + cx.cfg.timeouts.send);
+        Next::Submit(Op::Sendfile {
+            sock: Arc::clone(&self.sock),
+            file,
+            offset: self.req.body_off,
+            len: usize::try_from(self.req.body_left).unwrap_or(usize::MAX),
+        })
+    }
+
+    fn on_sendfile(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
+        match c.result {
+            Ok(0) => {
+                // The file shrank while being sent: the client gets a short body and a close,
+                // never bytes past the file's end.
+                cx.stats.file_changed += 1;
+                Next::Close
+            }
+            Ok(n) => {
+                self.req.body_off += n as u64;
+                self.req.body_left = self.req.body_left.saturating_sub(n as u64);
+                if self.req.body_left > 0 {
+                    self.send_file(cx)
+                } else {
+                    self.complete(cx)
+                }
+            }
+            Err(_) => Next::Close,
+        }
+    }
+
+    /// A response lair makes itself. `close`: end the connection after it (lingering).
+    fn error(
+        &mut self,
+        cx: &mut Cx<'_>,
+        status: u16,
+        close: bool,
+        extra: &[(&str, &[u8])],
+    ) -> Next {
+        if close {
+            self.req.close_after = true;
+            self.req.linger = true;
+        }
+        let head_only = self
+            .req
+            .head
+            .as_ref()
+            .is_some_and(|h| h.method == Method::Head);
+        let persist = self.persistence(cx);
+        self.wbuf.clear();
+        self.req.status = status;
+        self.req.file = None;
+        self.req.wsent = 0;
+        self.req.body_len = response::simple(
+            &mut self.wbuf,
+            status,
+            cx.date.text(),
+            persist,
+            head_only,
+            extra,
+        );
+        self.send_buf(cx, Phase::SendingBuf)
+    }
+
+    /// The response is out: log it, then the next request, a lingering close, or a close.
+    fn complete(&mut self, cx: &mut Cx<'_>) -> Next {
+        self.served += 1;
+        let status = self.req.status;
+        match status {
+            200..=299 => cx.stats.status_2xx += 1,
+            300..=399 => cx.stats.status_3xx += 1,
+            400..=499 => cx.stats.status_4xx += 1,
+            _ => cx.stats.status_5xx += 1,
+        }
+        cx.stats.body_bytes += self.req.body_len;
+        if let Some(out) = cx.log.as_deref_mut() {
+            let rb = &self.rbuf;
+            let head = self.req.head.as_ref();
+            let entry = log::Entry {
+                peer: self.peer,
+                line: head.map(|h| h.line.get(rb)).unwrap_or_default(),
+                status,
+                body_bytes: self.req.body_len,
+                referer: head.and_then(|h| h.referer.map(|s| s.get(rb))),
+                user_agent: head.and_then(|h| h.user_agent.map(|s| s.get(rb))),
+            };
+            log::append(out, &entry, cx.clock.at(cx.unix_now));
+        }
+        self.wbuf.clear();
+        if self.req.linger {
+            self.phase = Phase::ShuttingDown;
+            self.deadline = Some(cx.now + cx.cfg.timeouts.linger);
+            return Next::Submit(Op::Shutdown {
+                sock: Arc::clone(&self.sock),
+            });
+        }
+        if self.req.close_after {
+            return Next::Close;
+        }
+        let req = std::mem::take(&mut self.req);
+        if let Some(head) = req.head {
+            self.rbuf.drain(..head.len.min(self.rbuf.len()));
+            self.discard = head.content_length;
+        }
+        self.head_started = cx.now;
+        self.next_request(cx)
+    }
+}
+
+/// The status for a failed open.
+fn open_status(e: &io::Error) -> u16 {
+    match e.raw_os_error() {
+        Some(
+            libc_errno::ENOENT
+            | libc_errno::ENOTDIR
+            | libc_errno::ELOOP
+            | libc_errno::EXDEV
+            | libc_errno::ENAMETOOLONG
+            | libc_errno::ENXIO,
+        ) => 404,
+        Some(libc_errno::EACCES | libc_errno::EPERM) => 403,
+        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOMEM) => 503,
+        _ => 500,
+    }
+}
+
+/// The errno values lair-http distinguishes (Linux numbering; lair targets Linux only).
+mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const ENXIO: i32 = 6;
+    pub const ENOMEM: i32 = 12;
+    pub const EACCES: i32 = 13;
+    pub const EXDEV: i32 = 18;
+    pub const ENOTDIR: i32 = 20;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const ELOOP: i32 = 40;
+}

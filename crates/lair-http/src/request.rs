@@ -1,0 +1,330 @@
+//! Parsing one request head (RFC 9112) with `httparse`, and refusing what lair does not serve.
+//!
+//! Why spans: the head stays in the connection's receive buffer until its response is done, so
+//! the parsed [`Head`] records where each field is instead of copying it — no allocation per
+//! request.
+//!
+//! What it decides: the limits (request line → 414, head size or field count → 431), the
+//! method (GET and HEAD; others 405), `Host` on HTTP/1.1 (400 if missing or repeated),
+//! `Transfer-Encoding` in a request (501, closing: lair reads no chunked bodies, so it cannot
+//! frame what follows — no smuggling), `Content-Length` (400 if malformed or conflicting),
+//! and keep-alive (1.1 unless `close`; 1.0 only with `keep-alive`).
+
+use std::mem::MaybeUninit;
+
+use crate::config::Limits;
+
+/// Where a field is in the receive buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn of(buf: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+        Span {
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            len: u32::try_from(part.len()).unwrap_or(0),
+        }
+    }
+
+    /// The bytes in `buf` (empty if out of range).
+    pub fn get(self, buf: &[u8]) -> &[u8] {
+        let s = self.start as usize;
+        buf.get(s..s + self.len as usize).unwrap_or_default()
+    }
+}
+
+/// Methods lair answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// GET.
+    Get,
+    /// HEAD: the same head, no body.
+    Head,
+}
+
+/// A parsed request head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// GET or HEAD.
+    pub method: Method,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// The request target.
+    pub target: Span,
+    /// The request line without CRLF (for the access log).
+    pub line: Span,
+    /// Keep the connection open after the response.
+    pub keep_alive: bool,
+    /// Bytes of body that follow the head (discarded).
+    pub content_length: u64,
+    /// Conditional and range fields.
+    pub if_match: Option<Span>,
+    /// `If-None-Match`.
+    pub if_none_match: Option<Span>,
+    /// `If-Modified-Since`.
+    pub if_modified_since: Option<Span>,
+    /// `If-Unmodified-Since`.
+    pub if_unmodified_since: Option<Span>,
+    /// `Range`.
+    pub range: Option<Span>,
+    /// `If-Range`.
+    pub if_range: Option<Span>,
+    /// `Referer`, for the access log.
+    pub referer: Option<Span>,
+    /// `User-Agent`, for the access log.
+    pub user_agent: Option<Span>,
+    /// Length of the head in bytes (request line, fields, empty line).
+    pub len: usize,
+}
+
+/// A request lair will not serve, with the status to answer. The connection is closed after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reject {
+    /// The status code.
+    pub status: u16,
+    /// What the request line said, when known (for the log); 1 if unknown.
+    pub minor: u8,
+}
+
+/// The outcome of parsing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole head.
+    Complete(Head),
+    /// Not all of it is here yet.
+    Partial,
+}
+
+/// The most fields lair ever parses, whatever the configured limit.
+pub const MAX_FIELDS: usize = 256;
+
+fn reject(status: u16) -> Reject {
+    Reject { status, minor: 1 }
+}
+
+/// Parse the head at the start of `buf`.
+pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
+    // The request line alone must fit its limit, even before the head is complete.
+    let line_end = buf
+        .iter()
+        .take(limits.request_line_bytes + 2)
+        .position(|&b| b == b'\n');
+    if line_end.is_none() && buf.len() > limits.request_line_bytes + 1 {
+        return Err(reject(414));
+    }
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let fields = &mut fields[..limits.header_fields.clamp(1, MAX_FIELDS)];
+    let mut req = httparse::Request::new(&mut []);
+    let status = req.parse_with_uninit_headers(buf, fields);
+    let n = match status {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limits.header_bytes {
+                Err(reject(431))
+            } else {
+                Ok(Parsed::Partial)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(reject(431)),
+        Err(httparse::Error::Version) => return Err(reject(505)),
+        Err(_) => return Err(reject(400)),
+    };
+    if n > limits.header_bytes {
+        return Err(reject(431));
+    }
+    let minor = req.version.unwrap_or(1);
+    let reject = |status| Reject { status, minor };
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Err(reject(400));
+    };
+    let line_end = line_end.unwrap_or(0);
+    if line_end > limits.request_line_bytes {
+        return Err(reject(414));
+    }
+    let line = &buf[..line_end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+
+    let mut head = Head {
+        method: Method::Get,
+        minor,
+        target: Span::of(buf, path.as_bytes()),
+        line: Span::of(buf, line),
+        keep_alive: minor == 1,
+        content_length: 0,
+        if_match: None,
+        if_none_match: None,
+        if_modified_since: None,
+        if_unmodified_since: None,
+        range: None,
+        if_range: None,
+        referer: None,
+        user_agent: None,
+        len: n,
+    };
+    let mut hosts = 0;
+    let mut transfer_encoding = false;
+    let mut content_length: Option<u64> = None;
+    let (mut close, mut keep_alive) = (false, false);
+    for f in req.headers.iter() {
+        let name = f.name.as_bytes();
+        let value = f.value;
+        let span = Some(Span::of(buf, value));
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("host") {
+            hosts += 1;
+        } else if is("connection") {
+            for token in value.split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if is("content-length") {
+            let v = parse_length(value).ok_or(reject(400))?;
+            if content_length.is_some_and(|c| c != v) {
+                return Err(reject(400));
+            }
+            content_length = Some(v);
+        } else if is("transfer-encoding") {
+            transfer_encoding = true;
+        } else if is("if-match") {
+            head.if_match = span;
+        } else if is("if-none-match") {
+            head.if_none_match = span;
+        } else if is("if-modified-since") {
+            head.if_modified_since = span;
+        } else if is("if-unmodified-since") {
+            head.if_unmodified_since = span;
+        } else if is("range") {
+            head.range = span;
+        } else if is("if-range") {
+            head.if_range = span;
+        } else if is("referer") {
+            head.referer = span;
+        } else if is("user-agent") {
+            head.user_agent = span;
+        }
+    }
+    if transfer_encoding {
+        return Err(reject(if content_length.is_some() { 400 } else { 501 }));
+    }
+    if minor == 1 && hosts != 1 || hosts > 1 {
+        return Err(reject(400));
+    }
+    head.method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        _ => return Err(reject(405)),
+    };
+    head.content_length = content_length.unwrap_or(0);
+    head.keep_alive = if minor == 1 {
+        !close
+    } else {
+        keep_alive && !close
+    };
+    Ok(Parsed::Complete(head))
+}
+
+/// `1*DIGIT`, no sign, no spaces inside, no overflow.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn ok(raw: &str) -> Head {
+        match parse(raw.as_bytes(), &limits()) {
+            Ok(Parsed::Complete(h)) => h,
+            other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+
+    fn status(raw: &str) -> u16 {
+        match parse(raw.as_bytes(), &limits()) {
+            Err(r) => r.status,
+            other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn table() {
+        let raw = "GET /a?b HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\n\r\n";
+        let h = ok(raw);
+        assert_eq!(h.method, Method::Get);
+        assert_eq!(h.target.get(raw.as_bytes()), b"/a?b");
+        assert_eq!(h.line.get(raw.as_bytes()), b"GET /a?b HTTP/1.1");
+        assert_eq!(h.range.unwrap().get(raw.as_bytes()), b"bytes=0-1");
+        assert!(h.keep_alive);
+        assert_eq!(h.len, raw.len());
+
+        assert!(!ok("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!ok("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert_eq!(ok("HEAD / HTTP/1.0\r\n\r\n").method, Method::Head);
+        assert_eq!(
+            ok("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").content_length,
+            5
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &limits()),
+            Ok(Parsed::Partial)
+        );
+
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), 400, "no Host");
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        assert_eq!(status("POST / HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(status("BREW / HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            501
+        );
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1 2\r\n\r\n"),
+            400
+        );
+        assert_eq!(status("GET / HTTP/2.0\r\nHost: x\r\n\r\n"), 505);
+        assert_eq!(status("GET /\0 HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("\x01\x02garbage\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn limits_apply() {
+        let long_line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000));
+        assert_eq!(status(&long_line), 414, "even before the head ends");
+        let many = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            "X-A: b\r\n".repeat(101)
+        );
+        assert_eq!(status(&many), 431);
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\n{}",
+            format!("X-Long: {}\r\n", "v".repeat(4000)).repeat(9)
+        );
+        assert_eq!(status(&big), 431, "over 32 KiB while still partial");
+    }
+}

@@ -1,0 +1,478 @@
+//! One worker: an event loop over one engine instance, its listeners and its connections.
+//!
+//! Why per worker: each worker owns its engine (epoll set, helper pool), its `SO_REUSEPORT`
+//! listeners and its connection table, so workers share nothing on the request path.
+//!
+//! The loop: `poll` the engine; feed each completion to its connection ([`Conn::step`]) and
+//! submit what it asks for, again and again while operations finish inline; every 100 ms scan
+//! deadlines (header, keep-alive, send-stall, linger) and resume paused listeners; flush the
+//! access log. Connections are named by a [`Token`] of slot and generation, so a completion
+//! that arrives after its connection closed is recognised and dropped.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use lair_io::{Backend, Completion, Op, Out, SharedFd, Submit, Token};
+
+use crate::conn::{Conn, Cx, Next, Phase};
+use crate::log::LogClock;
+use crate::response::DateCache;
+use crate::{HttpStats, Shared, WorkerReport};
+
+/// How often deadlines are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// How long accepting pauses after `EMFILE`/`ENFILE`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Most connections accepted per listener per loop turn.
+const ACCEPT_BATCH: usize = 64;
+/// Log buffer size that triggers a flush before the second is up.
+const LOG_FLUSH_BYTES: usize = 32 * 1024;
+/// Token of the access-log write.
+const LOG_TOKEN: Token = Token(u64::MAX);
+
+struct Listener {
+    fd: SharedFd,
+    armed: bool,
+    paused_until: Option<Instant>,
+    again: bool,
+}
+
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+}
+
+struct LogState {
+    fd: SharedFd,
+    buf: Vec<u8>,
+    inflight: bool,
+    last_flush: Instant,
+    warned: Option<Instant>,
+}
+
+pub(crate) struct Worker<B: Backend> {
+    id: usize,
+    engine: B,
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    /// Connections allowed before answering 503, and before refusing to accept at all.
+    cap: usize,
+    overflow_cap: usize,
+    date: DateCache,
+    clock: LogClock,
+    unix_now: u64,
+    now: Instant,
+    stats: HttpStats,
+    log: Option<LogState>,
+    stopping: bool,
+    stop_deadline: Option<Instant>,
+    next_tick: Instant,
+    last_backoff_log: Option<Instant>,
+}
+
+fn token(idx: u32, gen: u32) -> Token {
+    Token(u64::from(gen) << 32 | u64::from(idx))
+}
+
+impl<B: Backend> Worker<B> {
+    pub fn new(id: usize, engine: B, shared: Arc<Shared>, listeners: Vec<OwnedFd>) -> Self {
+        let workers = shared.cfg.workers.max(1);
+        let cap = shared.cfg.max_connections.div_ceil(workers).max(1);
+        let now = Instant::now();
+        let log = shared.log.as_ref().map(|fd| LogState {
+            fd: Arc::clone(fd),
+            buf: Vec::with_capacity(LOG_FLUSH_BYTES * 2),
+            inflight: false,
+            last_flush: now,
+            warned: None,
+        });
+        Worker {
+            id,
+            engine,
+            listeners: listeners
+                .into_iter()
+                .map(|fd| Listener {
+                    fd: Arc::new(fd),
+                    armed: false,
+                    paused_until: None,
+                    again: false,
+                })
+                .collect(),
+            shared,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            cap,
+            overflow_cap: cap / 8 + 16,
+            date: DateCache::default(),
+            clock: LogClock::default(),
+            unix_now: 0,
+            now,
+            stats: HttpStats::default(),
+            log,
+            stopping: false,
+            stop_deadline: None,
+            next_tick: now + TICK,
+            last_backoff_log: None,
+        }
+    }
+
+    pub fn run(mut self) -> Result<WorkerReport, lair_io::Error> {
+        for i in 0..self.listeners.len() {
+            self.accept_loop(i);
+        }
+        let mut done: Vec<Completion> = Vec::with_capacity(256);
+        loop {
+            self.now = Instant::now();
+            self.unix_now = self.date.refresh(SystemTime::now());
+            if !self.stopping && self.shared.stop.load(Ordering::Acquire) {
+                self.begin_stop();
+            }
+            if self.stopping {
+                let log_busy = self.log.as_ref().is_some_and(|l| l.inflight);
+                if self.live == 0 && !log_busy {
+                    break;
+                }
+                if self.stop_deadline.is_some_and(|d| self.now >= d) {
+                    tracing::warn!(
+                        "worker {}: shutdown deadline passed, closing {} connections",
+                        self.id,
+                        self.live
+                    );
+                    self.close_all();
+                    break;
+                }
+            }
+            if self.now >= self.next_tick {
+                self.tick();
+                self.next_tick = self.now + TICK;
+            }
+            self.flush_log(false);
+            let again = self.listeners.iter().any(|l| l.again);
+            let timeout = if again {
+                Duration::ZERO
+            } else {
+                self.next_tick.saturating_duration_since(self.now)
+            };
+            for i in 0..self.listeners.len() {
+                if self.listeners[i].again {
+                    self.listeners[i].again = false;
+                    self.accept_loop(i);
+                }
+            }
+            self.engine.poll(&mut done, Some(timeout))?;
+            self.now = Instant::now();
+            for c in done.drain(..) {
+                self.dispatch(c);
+            }
+        }
+        self.flush_log_now();
+        let mut engine = self.engine.counters().clone();
+        engine.backend = B::NAME;
+        Ok(WorkerReport {
+            worker: self.id,
+            engine,
+            http: self.stats,
+            helper_threads: self.engine.helper_threads(),
+        })
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        if c.token == LOG_TOKEN {
+            self.log_done(c);
+            return;
+        }
+        let idx = (c.token.0 & 0xffff_ffff) as u32;
+        let gen = (c.token.0 >> 32) as u32;
+        if gen == 0 {
+            let li = idx as usize;
+            if let Some(l) = self.listeners.get_mut(li) {
+                l.armed = false;
+                self.accepted(li, c);
+                self.accept_loop(li);
+            }
+            return;
+        }
+        match self.slots.get(idx as usize) {
+            Some(s) if s.gen == gen && s.conn.is_some() => self.drive(idx, Some(c)),
+            // A completion for a connection that is gone (closed while a helper worked).
+            _ => {}
+        }
+    }
+
+    // ---- accepting ---------------------------------------------------------------------
+
+    fn accept_loop(&mut self, li: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            let l = &self.listeners[li];
+            if self.stopping || l.armed || l.paused_until.is_some() {
+                return;
+            }
+            if self.live >= self.cap + self.overflow_cap {
+                // Past the cap and the 503 allowance: stop accepting until a connection closes.
+                return;
+            }
+            let op = Op::Accept {
+                listener: Arc::clone(&l.fd),
+            };
+            match self.engine.submit(token(li as u32, 0), op) {
+                Submit::Pending => {
+                    self.listeners[li].armed = true;
+                    return;
+                }
+                Submit::Done(c) => self.accepted(li, c),
+            }
+        }
+        self.listeners[li].again = true;
+    }
+
+    fn accepted(&mut self, li: usize, c: Completion) {
+        match (c.result, c.out) {
+            (Ok(_), Out::Conn(fd, peer)) => self.new_conn(fd, peer),
+            (Err(e), _) if is_fd_exhaustion(&e) => {
+                self.listeners[li].paused_until = Some(self.now + ACCEPT_BACKOFF);
+                self.stats.accept_backoffs += 1;
+                let quiet = self
+                    .last_backoff_log
+                    .is_some_and(|t| self.now.duration_since(t) < Duration::from_secs(10));
+                if !quiet {
+                    self.last_backoff_log = Some(self.now);
+                    tracing::warn!(
+                        "worker {}: accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} \
+                         (raise the descriptor limit or lower --max-connections)",
+                        self.id
+                    );
+                }
+            }
+            (Err(e), _) if e.raw_os_error() == Some(libc_ecanceled()) => {}
+            (Err(e), _) => tracing::debug!("worker {}: accept: {e}", self.id),
+            (Ok(_), _) => {}
+        }
+    }
+
+    fn new_conn(&mut self, fd: OwnedFd, peer: Option<SocketAddr>) {
+        self.stats.connections += 1;
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[idx as usize];
+        slot.gen = slot.gen.wrapping_add(1).max(1);
+        slot.conn = Some(Conn::new(Arc::new(fd), peer, self.now));
+        self.live += 1;
+        if self.live > self.cap {
+            self.drive_with(idx, |conn, cx| conn.overloaded(cx));
+        } else {
+            self.drive(idx, None);
+        }
+    }
+
+    // ---- connections -------------------------------------------------------------------
+
+    fn drive(&mut self, idx: u32, first: Option<Completion>) {
+        let mut input = first;
+        self.drive_with(idx, move |conn, cx| conn.step(cx, input.take()));
+    }
+
+    /// Run `first` on the connection, then keep feeding inline completions to `Conn::step`.
+    fn drive_with(&mut self, idx: u32, first: impl FnOnce(&mut Conn, &mut Cx<'_>) -> Next) {
+        let Worker {
+            engine,
+            shared,
+            slots,
+            date,
+            clock,
+            stats,
+            log,
+            ..
+        } = self;
+        let slot = &mut slots[idx as usize];
+        let gen = slot.gen;
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        let mut cx = Cx {
+            cfg: &shared.cfg,
+            root: &shared.root,
+            date,
+            clock,
+            unix_now: self.unix_now,
+            now: self.now,
+            stats,
+            log: log.as_mut().map(|l| &mut l.buf),
+            stopping: self.stopping,
+        };
+        let mut next = first(conn, &mut cx);
+        let close = loop {
+            match next {
+                Next::Close => break true,
+                Next::Submit(op) => match engine.submit(token(idx, gen), op) {
+                    Submit::Pending => break false,
+                    Submit::Done(c) => next = conn.step(&mut cx, Some(c)),
+                },
+            }
+        };
+        if close {
+            self.close(idx);
+        }
+    }
+
+    fn close(&mut self, idx: u32) {
+        let Some(conn) = self.slots[idx as usize].conn.take() else {
+            return;
+        };
+        self.slots[idx as usize].gen = self.slots[idx as usize].gen.wrapping_add(1).max(1);
+        self.free.push(idx);
+        self.live -= 1;
+        // Cancels a parked operation; a helper still running on the socket holds its own
+        // reference, and its late completion is dropped by the generation check.
+        let _ = self
+            .engine
+            .submit(token(idx, 0), Op::Close { fd: conn.sock });
+        if self.live < self.cap + self.overflow_cap {
+            for l in &mut self.listeners {
+                if !l.armed && l.paused_until.is_none() {
+                    l.again = true;
+                }
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        for i in 0..self.slots.len() {
+            self.close(i as u32);
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.now;
+        for i in 0..self.slots.len() {
+            let expired = self.slots[i]
+                .conn
+                .as_ref()
+                .and_then(|c| c.deadline)
+                .is_some_and(|d| d <= now);
+            if expired {
+                let phase = self.slots[i].conn.as_ref().map(|c| c.phase);
+                if phase != Some(Phase::Lingering) {
+                    self.stats.timeouts += 1;
+                }
+                self.close(i as u32);
+            }
+        }
+        for l in &mut self.listeners {
+            if l.paused_until.is_some_and(|t| t <= now) {
+                l.paused_until = None;
+                l.again = true;
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        self.stopping = true;
+        self.stop_deadline = Some(self.now + self.shared.cfg.shutdown_timeout);
+        for l in std::mem::take(&mut self.listeners) {
+            let _ = self.engine.submit(token(0, 0), Op::Close { fd: l.fd });
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].conn.as_ref().is_some_and(Conn::is_idle) {
+                self.close(i as u32);
+            }
+        }
+    }
+
+    // ---- access log --------------------------------------------------------------------
+
+    fn flush_log(&mut self, force: bool) {
+        let now = self.now;
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        if log.inflight || log.buf.is_empty() {
+            return;
+        }
+        let due = force
+            || self.stopping
+            || log.buf.len() >= LOG_FLUSH_BYTES
+            || now.duration_since(log.last_flush) >= Duration::from_secs(1);
+        if !due {
+            return;
+        }
+        log.last_flush = now;
+        let op = Op::Write {
+            file: Arc::clone(&log.fd),
+            offset: None,
+            buf: std::mem::replace(&mut log.buf, Vec::with_capacity(LOG_FLUSH_BYTES * 2)),
+        };
+        match self.engine.submit(LOG_TOKEN, op) {
+            Submit::Done(c) => self.log_done(c),
+            Submit::Pending => log.inflight = true,
+        }
+    }
+
+    fn log_done(&mut self, c: Completion) {
+        let now = self.now;
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        log.inflight = false;
+        let written = match (&c.result, &c.out) {
+            (Ok(n), Out::Buf(b)) if *n == b.len() => Ok(()),
+            (Ok(n), Out::Buf(b)) => Err(format!("short write ({n} of {} bytes)", b.len())),
+            (Err(e), _) => Err(e.to_string()),
+            _ => Ok(()),
+        };
+        if let Err(e) = written {
+            if log
+                .warned
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+            {
+                log.warned = Some(now);
+                tracing::warn!("access log write failed: {e}; lines lost");
+            }
+        }
+    }
+
+    /// At exit: write what is buffered, waiting for it.
+    fn flush_log_now(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut done = Vec::new();
+        loop {
+            let busy = self.log.as_ref().is_some_and(|l| l.inflight);
+            let pending = self.log.as_ref().is_some_and(|l| !l.buf.is_empty());
+            if !busy && !pending || Instant::now() >= deadline {
+                return;
+            }
+            if !busy {
+                self.flush_log(true);
+                continue;
+            }
+            if self.engine.poll(&mut done, Some(TICK)).is_err() {
+                return;
+            }
+            for c in done.drain(..) {
+                if c.token == LOG_TOKEN {
+                    self.log_done(c);
+                }
+            }
+        }
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12)) // ENFILE, EMFILE, ENOBUFS, ENOMEM
+}
+
+fn libc_ecanceled() -> i32 {
+    125
+}
