@@ -1,0 +1,733 @@
+//! `lair serve` end to end: the real binary, real sockets, real files, every backend.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{pattern, Opts, Site, BACKENDS};
+
+#[test]
+fn get_and_head() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        let mut c = srv.connect();
+        let r = c.get("/hello.txt");
+        assert_eq!(r.status, 200, "{b}");
+        assert_eq!(r.body, b"hello, world\n");
+        assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(r.header("content-length"), Some("13"));
+        assert_eq!(r.header("accept-ranges"), Some("bytes"));
+        assert!(r.header("date").is_some_and(|d| d.ends_with(" GMT")));
+        let etag = r.header("etag").unwrap().to_string();
+        assert!(etag.starts_with('"') && etag.ends_with('"'));
+        let lm = r.header("last-modified").unwrap().to_string();
+
+        let h = c.request("HEAD", "/hello.txt", &[]);
+        assert_eq!(h.status, 200);
+        assert!(h.body.is_empty());
+        assert_eq!(h.header("content-length"), Some("13"));
+        assert_eq!(h.header("etag"), Some(etag.as_str()));
+        assert_eq!(h.header("last-modified"), Some(lm.as_str()));
+
+        assert_eq!(
+            c.get("/data.json").header("content-type"),
+            Some("application/json; charset=utf-8")
+        );
+        let z = c.get("/zero.bin");
+        assert_eq!((z.status, z.body.len()), (200, 0));
+        // A large file goes through sendfile, byte for byte.
+        let big = c.get("/big.bin");
+        assert_eq!(big.body, pattern(3 << 20), "{b}");
+        // The same connection still works after all of that.
+        assert_eq!(c.get("/").body, b"<h1>home</h1>\n");
+    }
+}
+
+#[test]
+fn directories_index_and_redirect() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        let mut c = srv.connect();
+        assert_eq!(c.get("/").body, b"<h1>home</h1>\n");
+        assert_eq!(c.get("/docs/").body, b"<h1>docs</h1>\n");
+        let r = c.get("/docs?x=1&y=2");
+        assert_eq!(r.status, 301);
+        assert_eq!(r.header("location"), Some("/docs/?x=1&y=2"));
+        let r = c.get("/empty/");
+        assert_eq!(r.status, 404, "no directory listings");
+        assert_eq!(c.get("/docs/./../docs/").status, 200);
+    }
+}
+
+#[test]
+fn status_codes_for_bad_requests() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        let cases: &[(&str, u16, bool)] = &[
+            ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                405,
+                true,
+            ),
+            ("DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", 405, true),
+            ("GET / HTTP/1.1\r\n\r\n", 400, true),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, true),
+            ("GET /a%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400, true),
+            ("GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n", 400, true),
+            ("GET nope HTTP/1.1\r\nHost: x\r\n\r\n", 400, true),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                501,
+                true,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+                400,
+                true,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n",
+                413,
+                true,
+            ),
+            ("GET / HTTP/3.0\r\nHost: x\r\n\r\n", 505, true),
+            ("\x16\x03\x01\x00\x25\x01\x00\x00\x21\x03\x03", 400, true),
+        ];
+        for (raw, status, closes) in cases {
+            let mut c = srv.connect();
+            c.send(raw.as_bytes());
+            let r = c.read_response(false);
+            assert_eq!(r.status, *status, "{b}: {raw:?}");
+            if *status == 405 {
+                assert_eq!(r.header("allow"), Some("GET, HEAD"));
+            }
+            if *closes {
+                assert_eq!(r.header("connection"), Some("close"), "{raw:?}");
+                assert!(
+                    c.closed_within(Duration::from_secs(5)),
+                    "{b}: {raw:?} closes"
+                );
+            } else {
+                assert_eq!(c.get("/hello.txt").status, 200, "keep-alive after {raw:?}");
+            }
+        }
+        // 414: a request line over 8 KiB, answered before the line even ends.
+        let mut c = srv.connect();
+        c.send(format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000)).as_bytes());
+        assert_eq!(c.read_response(false).status, 414);
+        // 431: too many fields, and too large a head.
+        let mut c = srv.connect();
+        c.send(
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                "X-A: b\r\n".repeat(101)
+            )
+            .as_bytes(),
+        );
+        assert_eq!(c.read_response(false).status, 431);
+        let mut c = srv.connect();
+        let field = format!("X-Big: {}\r\n", "v".repeat(8000));
+        c.send(format!("GET / HTTP/1.1\r\nHost: x\r\n{}", field.repeat(5)).as_bytes());
+        assert_eq!(c.read_response(false).status, 431);
+        // A body on GET within the limit is read and discarded; the next request works.
+        let mut c = srv.connect();
+        c.send(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nXXXXXGET /digits.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(c.read_response(false).body, b"hello, world\n");
+        assert_eq!(c.read_response(false).body.len(), 100);
+    }
+}
+
+#[test]
+fn keep_alive_and_pipelining() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        let mut c = srv.connect();
+        // Three requests in one write are answered in order.
+        c.send(
+            b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n\
+              HEAD /digits.txt HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /docs/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert_eq!(c.read_response(false).body, b"hello, world\n", "{b}");
+        let h = c.read_response(true);
+        assert_eq!(h.header("content-length"), Some("100"));
+        assert_eq!(c.read_response(false).body.len(), 3 << 20);
+        assert_eq!(c.read_response(false).body, b"<h1>docs</h1>\n");
+
+        // Byte by byte: the same answer as whole.
+        let mut c = srv.connect();
+        for byte in b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n" {
+            c.send(&[*byte]);
+        }
+        assert_eq!(c.read_response(false).body, b"hello, world\n");
+
+        // HTTP/1.0 closes unless asked to keep alive.
+        let mut c = srv.connect();
+        c.send(b"GET /hello.txt HTTP/1.0\r\n\r\n");
+        let r = c.read_response(false);
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(c.closed_within(Duration::from_secs(5)));
+        let mut c = srv.connect();
+        c.send(b"GET /hello.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(
+            c.read_response(false).header("connection"),
+            Some("keep-alive")
+        );
+        c.send(b"GET /hello.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200);
+        // Connection: close on 1.1.
+        let mut c = srv.connect();
+        let r = c.request("GET", "/hello.txt", &[("Connection", "close")]);
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(c.closed_within(Duration::from_secs(5)));
+    }
+}
+
+#[test]
+fn ranges_and_conditionals() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        let mut c = srv.connect();
+        let full = c.get("/digits.txt");
+        let etag = full.header("etag").unwrap().to_string();
+        let lm = full.header("last-modified").unwrap().to_string();
+        let range =
+            |c: &mut support::Client, h: &[(&str, &str)]| c.request("GET", "/digits.txt", h);
+
+        let r = range(&mut c, &[("Range", "bytes=10-19")]);
+        assert_eq!((r.status, r.text().as_str()), (206, "0123456789"), "{b}");
+        assert_eq!(r.header("content-range"), Some("bytes 10-19/100"));
+        let r = range(&mut c, &[("Range", "bytes=-3")]);
+        assert_eq!((r.status, r.text().as_str()), (206, "789"));
+        assert_eq!(r.header("content-range"), Some("bytes 97-99/100"));
+        let r = range(&mut c, &[("Range", "bytes=95-")]);
+        assert_eq!((r.status, r.text().as_str()), (206, "56789"));
+        let r = range(&mut c, &[("Range", "bytes=100-")]);
+        assert_eq!(r.status, 416);
+        assert_eq!(r.header("content-range"), Some("bytes */100"));
+        let r = range(&mut c, &[("Range", "bytes=0-1,5-6")]);
+        assert_eq!(
+            (r.status, r.body.len()),
+            (200, 100),
+            "multi-range: the whole file"
+        );
+        let r = range(&mut c, &[("Range", "bytes=0-0"), ("If-Range", &etag)]);
+        assert_eq!(r.status, 206);
+        let r = range(&mut c, &[("Range", "bytes=0-0"), ("If-Range", "\"stale\"")]);
+        assert_eq!(r.status, 200);
+        let r = range(&mut c, &[("Range", "bytes=0-0"), ("If-Range", &lm)]);
+        assert_eq!(r.status, 206);
+        // A large range is sent with sendfile from the right offset.
+        let r = c.request("GET", "/big.bin", &[("Range", "bytes=1000000-2999999")]);
+        assert_eq!(r.status, 206);
+        assert_eq!(r.body, pattern(3 << 20)[1_000_000..3_000_000]);
+
+        let r = range(&mut c, &[("If-None-Match", &etag)]);
+        assert_eq!((r.status, r.body.len()), (304, 0));
+        assert_eq!(r.header("etag"), Some(etag.as_str()));
+        let r = range(&mut c, &[("If-None-Match", "\"x\", W/\"y\"")]);
+        assert_eq!(r.status, 200);
+        let r = range(&mut c, &[("If-Modified-Since", &lm)]);
+        assert_eq!(r.status, 304);
+        let r = range(
+            &mut c,
+            &[("If-Modified-Since", "Thu, 01 Jan 1970 00:00:00 GMT")],
+        );
+        assert_eq!(r.status, 200);
+        let r = range(&mut c, &[("If-Match", "\"other\"")]);
+        assert_eq!(r.status, 412);
+        let r = range(&mut c, &[("If-Match", &etag)]);
+        assert_eq!(r.status, 200);
+        let r = range(
+            &mut c,
+            &[("If-Unmodified-Since", "Thu, 01 Jan 1970 00:00:00 GMT")],
+        );
+        assert_eq!(r.status, 412);
+        let r = c.request("HEAD", "/digits.txt", &[("If-None-Match", &etag)]);
+        assert_eq!(r.status, 304);
+    }
+}
+
+#[test]
+fn nothing_outside_the_root_is_ever_served() {
+    let site = Site::new();
+    // Symlinks that point out of the root, to a file and to a directory.
+    std::os::unix::fs::symlink(site.dir.path().join("canary.txt"), site.path("out.txt")).unwrap();
+    std::os::unix::fs::symlink(site.dir.path(), site.path("outdir")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", site.path("passwd")).unwrap();
+    std::os::unix::fs::symlink("/proc/self/root/etc/passwd", site.path("magic")).unwrap();
+    // A symlink that stays inside is fine.
+    std::os::unix::fs::symlink("hello.txt", site.path("alias.txt")).unwrap();
+    let attacks = [
+        "/../canary.txt",
+        "/..%2fcanary.txt",
+        "/%2e%2e/canary.txt",
+        "/%2E%2E/canary.txt",
+        "/docs/../../canary.txt",
+        "/docs/%2e%2e/%2e%2e/canary.txt",
+        "//../canary.txt",
+        "/..\\canary.txt",
+        "/%5c..%5ccanary.txt",
+        "/out.txt",
+        "/outdir/canary.txt",
+        "/outdir/root/hello.txt",
+        "/passwd",
+        "/magic",
+        "http://x/../canary.txt",
+        "/%00/../canary.txt",
+        "/canary.txt%00.html",
+    ];
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        for a in attacks {
+            let mut c = srv.connect();
+            c.send(format!("GET {a} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+            let r = c.read_response(false);
+            assert!(
+                matches!(r.status, 400 | 403 | 404),
+                "{b}: {a} gave {}",
+                r.status
+            );
+            assert!(
+                !r.text().contains(site.canary),
+                "{b}: {a} leaked the canary"
+            );
+            assert!(!r.text().contains("root:"), "{b}: {a} leaked /etc/passwd");
+        }
+        let mut c = srv.connect();
+        assert_eq!(c.get("/alias.txt").body, b"hello, world\n");
+        // Dotfiles are hidden.
+        assert_eq!(c.get("/.secret").status, 404);
+        assert_eq!(c.get("/%2esecret").status, 404);
+    }
+    // ... unless enabled.
+    let srv = Opts::new(&site.root, "lazy").arg("--dotfiles").start();
+    assert_eq!(srv.connect().get("/.secret").body, b"hidden");
+}
+
+#[test]
+fn unreadable_file_is_403() {
+    let site = Site::new();
+    std::fs::write(site.path("locked.txt"), "secret").unwrap();
+    std::fs::set_permissions(
+        site.path("locked.txt"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    // Root reads anything, so run lair as `nobody` when the tests run as root.
+    let root_user = rustix_like_euid() == 0;
+    let mut wrapper: Vec<String> = Vec::new();
+    if root_user {
+        for p in [
+            site.dir.path(),
+            site.root.as_path(),
+            site.path("docs").as_path(),
+        ] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        wrapper = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]
+        .map(String::from)
+        .to_vec();
+    }
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).wrapper(wrapper.clone()).start();
+        let mut c = srv.connect();
+        assert_eq!(c.get("/locked.txt").status, 403, "{b}");
+        assert_eq!(c.get("/hello.txt").status, 200);
+    }
+}
+
+fn rustix_like_euid() -> u32 {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn timeouts_end_stalled_connections() {
+    let site = Site::new();
+    std::fs::write(site.path("huge.bin"), pattern(64 << 20)).unwrap();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b)
+            .args(["--header-timeout", "300ms", "--keepalive-timeout", "300ms"])
+            .args(["--send-timeout", "500ms"])
+            .start();
+        // Slowloris: half a head, then silence.
+        let mut c = srv.connect();
+        c.send(b"GET / HTTP/1.1\r\nHo");
+        assert!(
+            c.closed_within(Duration::from_secs(5)),
+            "{b}: header timeout"
+        );
+        // A connection that never sends anything.
+        let mut c = srv.connect();
+        assert!(
+            c.closed_within(Duration::from_secs(5)),
+            "{b}: no request at all"
+        );
+        // Idle keep-alive.
+        let mut c = srv.connect();
+        assert_eq!(c.get("/hello.txt").status, 200);
+        assert!(
+            c.closed_within(Duration::from_secs(5)),
+            "{b}: keep-alive timeout"
+        );
+        // A client that stops reading a large response is dropped after the send timeout.
+        let mut c = srv.connect();
+        c.send(b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut got = 0usize;
+        let mut chunk = vec![0u8; 1 << 20];
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        loop {
+            match c.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        assert!(
+            got < 64 << 20,
+            "{b}: the stalled download was cut ({got} bytes)"
+        );
+        // The server is fine.
+        assert_eq!(srv.connect().get("/hello.txt").status, 200);
+    }
+}
+
+#[test]
+fn vanishing_clients_do_not_hurt_the_server() {
+    let site = Site::new();
+    std::fs::write(site.path("huge.bin"), pattern(32 << 20)).unwrap();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        for _ in 0..20 {
+            let mut s = TcpStream::connect(srv.addr).unwrap();
+            s.write_all(b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut some = [0u8; 4096];
+            let _ = s.read(&mut some);
+            drop(s); // mid-download
+                     // Gone before the head is even complete.
+            let mut s = TcpStream::connect(srv.addr).unwrap();
+            s.write_all(b"GET /hello").unwrap();
+        }
+        let mut c = srv.connect();
+        assert_eq!(c.get("/hello.txt").status, 200, "{b}");
+        assert_eq!(c.get("/big.bin").body.len(), 3 << 20);
+    }
+}
+
+#[test]
+fn connection_cap_answers_503() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b)
+            .args(["--max-connections", "2"])
+            .workers(1)
+            .start();
+        let mut a = srv.connect();
+        let mut c2 = srv.connect();
+        assert_eq!(a.get("/hello.txt").status, 200);
+        assert_eq!(c2.get("/hello.txt").status, 200);
+        let mut third = srv.connect();
+        let r = third.read_response(false);
+        assert_eq!(r.status, 503, "{b}");
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert!(third.closed_within(Duration::from_secs(5)));
+        drop(a);
+        // Below the cap again: served.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut c = srv.connect();
+            c.send(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+            if c.read_response(false).status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{b}: never served again");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(c2.get("/hello.txt").status, 200);
+    }
+}
+
+#[test]
+fn descriptor_exhaustion_backs_off_without_spinning() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b)
+            .wrapper(["prlimit", "--nofile=64:64", "--"])
+            .workers(1)
+            .start();
+        // Far more connections than descriptors.
+        let conns: Vec<TcpStream> = (0..150)
+            .map(|_| TcpStream::connect(srv.addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let before = srv.cpu_time();
+        std::thread::sleep(Duration::from_secs(1));
+        let spent = srv.cpu_time() - before;
+        // A loop spinning on EMFILE burns the whole second; backing off costs almost nothing.
+        assert!(
+            spent < Duration::from_millis(300),
+            "{b}: {spent:?} of CPU in 1 s"
+        );
+        drop(conns);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut c = srv.connect();
+            c.send(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+            c.stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 512];
+            if matches!(c.stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{b}: not serving after the storm"
+            );
+        }
+        let log = srv.stderr_lines().join("\n");
+        assert!(log.contains("pausing accepts"), "{b}: {log}");
+    }
+}
+
+#[test]
+fn file_shrinking_while_sent_ends_cleanly() {
+    let site = Site::new();
+    let len = 48 << 20;
+    for b in BACKENDS {
+        let file = site.path("shrink.bin");
+        std::fs::write(&file, pattern(len)).unwrap();
+        let srv = Opts::new(&site.root, b).start();
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /shrink.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 256 << 10];
+        // Read a little, then cut the file to 1 MiB.
+        while got.len() < 2 << 20 {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        loop {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let body = &got[head_end..];
+        assert!(body.len() < len, "{b}: the response was cut short");
+        // What the file still holds arrives exactly. Past the new end, only bytes that were
+        // already queued in the socket when the file shrank can arrive: sendfile shares the
+        // page-cache pages with the socket, and the kernel zeroes the truncated part of a page
+        // it still references — so such a byte is the original or zero, never anything else.
+        let keep = 1 << 20;
+        let want = pattern(len);
+        assert_eq!(
+            &body[..keep.min(body.len())],
+            &want[..keep.min(body.len())],
+            "{b}"
+        );
+        for (i, &byte) in body.iter().enumerate().skip(keep) {
+            assert!(
+                byte == want[i] || byte == 0,
+                "{b}: byte {i} is {byte}, neither file nor zero"
+            );
+        }
+        // And lair stops once it learns of the new end: what was in flight (socket buffers of
+        // a few MiB), not the rest of the 48 MiB.
+        assert!(body.len() < 24 << 20, "{b}: sent {} bytes", body.len());
+        assert_eq!(srv.connect().get("/hello.txt").status, 200);
+    }
+}
+
+#[test]
+fn graceful_shutdown_finishes_in_flight_responses() {
+    let site = Site::new();
+    std::fs::write(site.path("huge.bin"), pattern(16 << 20)).unwrap();
+    for b in BACKENDS {
+        let mut srv = Opts::new(&site.root, b).start();
+        let mut idle = srv.connect();
+        assert_eq!(idle.get("/hello.txt").status, 200);
+        let mut c = srv.connect();
+        c.send(b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut first = [0u8; 1024];
+        let n = c.stream.read(&mut first).unwrap();
+        assert!(n > 0);
+        support::signal(srv.pid(), "TERM");
+        // The idle keep-alive connection is closed at once...
+        assert!(idle.closed_within(Duration::from_secs(5)), "{b}");
+        // ... while the download in flight completes.
+        let mut rest = Vec::new();
+        c.stream.read_to_end(&mut rest).unwrap();
+        let mut all = first[..n].to_vec();
+        all.extend_from_slice(&rest);
+        let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(&all[head_end..], &pattern(16 << 20)[..], "{b}");
+        let lines = srv.stop();
+        assert!(
+            lines.iter().any(|l| l.contains("engine counters")),
+            "{lines:?}"
+        );
+        assert!(
+            TcpStream::connect(srv.addr).is_err(),
+            "{b}: no longer listening"
+        );
+    }
+}
+
+#[test]
+fn access_log_and_stats() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let log = site.dir.path().join(format!("access-{b}.log"));
+        let stats = site.dir.path().join(format!("stats-{b}.json"));
+        let mut srv = Opts::new(&site.root, b)
+            .args(["--access-log", log.to_str().unwrap()])
+            .args(["--stats-json", stats.to_str().unwrap()])
+            .start();
+        let mut c = srv.connect();
+        c.request(
+            "GET",
+            "/hello.txt",
+            &[("User-Agent", "t\"1"), ("Referer", "http://r/")],
+        );
+        c.get("/missing");
+        srv.stop();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{b}: {text}");
+        assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
+        assert!(
+            lines[0].ends_with("\"GET /hello.txt HTTP/1.1\" 200 13 \"http://r/\" \"t\\x221\""),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains("\"GET /missing HTTP/1.1\" 404 "));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+        assert_eq!(json["engine"]["backend"], b);
+        assert_eq!(json["http"]["requests"], 2);
+        assert_eq!(json["http"]["status_4xx"], 1);
+        assert!(json["engine"]["ops"]["open"]["submitted"].as_u64().unwrap() >= 2);
+    }
+}
+
+#[test]
+fn ipv6_and_several_listeners() {
+    let site = Site::new();
+    let mut o = Opts::new(&site.root, "lazy");
+    o.listen = vec!["127.0.0.1:0".into(), "[::1]:0".into()];
+    let srv = o.start();
+    assert_eq!(srv.addrs.len(), 2);
+    assert!(srv.addrs[1].is_ipv6());
+    for a in &srv.addrs {
+        let mut c = support::Client::connect(*a);
+        assert_eq!(c.get("/hello.txt").status, 200);
+    }
+}
+
+#[test]
+fn config_file_and_flags() {
+    let site = Site::new();
+    let conf = site.dir.path().join("lair.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "root = {:?}\ndotfiles = true\nbackend = 'sync'\nlisten = ['127.0.0.1:0']\nheader_timeout = '200ms'\n",
+            site.root
+        ),
+    )
+    .unwrap();
+    let exe = env!("CARGO_BIN_EXE_lair");
+    // A config mistake is exit code 2 with a message naming the problem.
+    let bad = site.dir.path().join("bad.toml");
+    std::fs::write(&bad, "wokers = 2\n").unwrap();
+    let out = Command::new(exe)
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wokers"));
+    let out = Command::new(exe)
+        .args(["serve", "/nonexistent/root", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/root"));
+
+    let mut o = Opts::new(&site.root, "lazy").args(["--config", conf.to_str().unwrap()]);
+    o.listen.clear();
+    o.listen.push("127.0.0.1:0".into());
+    let srv = o.start();
+    let mut c = srv.connect();
+    assert_eq!(c.get("/.secret").body, b"hidden", "dotfiles from the file");
+    let mut silent = srv.connect();
+    assert!(
+        silent.closed_within(Duration::from_secs(5)),
+        "header timeout from the file"
+    );
+}
+
+#[test]
+fn curl_against_the_binary() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        let curl = |args: &[&str]| {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "10"])
+                .args(args)
+                .output()
+                .expect("curl is installed (scripts/test.sh installs it)");
+            assert!(
+                out.status.success(),
+                "curl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        assert_eq!(curl(&[&srv.url("/hello.txt")]), b"hello, world\n", "{b}");
+        assert_eq!(
+            curl(&["--http1.0", &srv.url("/hello.txt")]),
+            b"hello, world\n"
+        );
+        assert_eq!(curl(&["-r", "0-4", &srv.url("/hello.txt")]), b"hello");
+        assert_eq!(curl(&["-L", &srv.url("/docs")]), b"<h1>docs</h1>\n");
+        assert_eq!(curl(&[&srv.url("/big.bin")]), pattern(3 << 20));
+        // Several URLs on one keep-alive connection.
+        let both = curl(&[&srv.url("/hello.txt"), &srv.url("/hello.txt")]);
+        assert_eq!(both, b"hello, world\nhello, world\n");
+        let code = curl(&["-o", "/dev/null", "-w", "%{http_code}", &srv.url("/nope")]);
+        assert_eq!(code, b"404");
+    }
+}

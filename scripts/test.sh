@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (Debian packages, rustup components), then
+# checks formatting, runs clippy with warnings as errors, and runs every test.
+#
+#   ./scripts/test.sh            everything
+#   ./scripts/test.sh -- NAME    cargo test filter passed through
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Commands the integration tests run, and the Debian package that has each.
+declare -A pkg_of=(
+  [curl]=curl            # a real client against the binary
+  [setpriv]=util-linux   # run the server as nobody for the 403 test when we are root
+  [prlimit]=util-linux   # a tiny descriptor limit for the EMFILE test
+  [kill]=procps          # SIGTERM for graceful shutdown tests
+  [id]=coreutils
+)
+missing=()
+for cmd in "${!pkg_of[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "test.sh: installing ${missing[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+echo "test.sh: cargo fmt --check"
+cargo fmt --all -- --check
+echo "test.sh: cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "test.sh: cargo test"
+cargo test --workspace --locked "${@}"
