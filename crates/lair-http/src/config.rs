@@ -95,6 +95,11 @@ pub struct ServerConfig {
     pub small_file_bytes: usize,
     /// Access log destination.
     pub access_log: AccessLog,
+    /// How long an open file (descriptor, metadata, validators) is reused before its path is
+    /// opened again; zero disables the cache.
+    pub file_cache_ttl: Duration,
+    /// Most files each worker keeps open in its cache.
+    pub file_cache_entries: usize,
     /// Listen backlog.
     pub backlog: i32,
     /// How long a graceful shutdown waits for in-flight responses.
@@ -117,6 +122,8 @@ impl ServerConfig {
             dotfiles: false,
             small_file_bytes: 16 * 1024,
             access_log: AccessLog::Off,
+            file_cache_ttl: Duration::from_secs(1),
+            file_cache_entries: 1024,
             backlog: 4096,
             shutdown_timeout: Duration::from_secs(10),
         }

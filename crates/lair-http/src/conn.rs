@@ -13,17 +13,19 @@
 use std::ffi::CString;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lair_io::{Completion, FileStat, FileType, Op, Out, SharedFd};
+use lair_io::{Completion, FileType, Op, Out, SharedFd};
 
+use crate::cache::{Entry, FileCache};
 use crate::config::ServerConfig;
 use crate::log::{self, LogClock};
 use crate::path::{self, PathError};
 use crate::request::{self, Head, Method, Parsed};
 use crate::response::{self, DateCache, Persistence};
-use crate::validators::{self, Conditions, ETag, Precondition, RangeDecision};
+use crate::validators::{self, Conditions, Precondition, RangeDecision};
 use crate::HttpStats;
 
 /// Bytes reserved for each receive.
@@ -70,6 +72,7 @@ pub(crate) struct Cx<'a> {
     pub now: Instant,
     pub stats: &'a mut HttpStats,
     pub log: Option<&'a mut Vec<u8>>,
+    pub cache: &'a mut FileCache,
     pub stopping: bool,
 }
 
@@ -77,6 +80,8 @@ pub(crate) struct Cx<'a> {
 #[derive(Debug, Default)]
 struct Req {
     head: Option<Head>,
+    /// Cache key: the resolved path, with a trailing `/` if the target had one.
+    key: Vec<u8>,
     rel: Vec<u8>,
     trailing_slash: bool,
     index: bool,
@@ -163,10 +168,13 @@ impl Conn {
     }
 
     fn recv_op(&mut self) -> Next {
+        // Between keep-alive requests a receive would nearly always fail: wait for readiness.
+        let poll_first = self.rbuf.is_empty() && self.served > 0;
         Next::Submit(Op::Recv {
             sock: Arc::clone(&self.sock),
             buf: std::mem::take(&mut self.rbuf),
             max: RECV_BYTES,
+            poll_first,
         })
     }
 
@@ -252,6 +260,14 @@ impl Conn {
         }
         match resolved {
             Ok(r) => {
+                self.req.key.extend_from_slice(&r.rel);
+                if r.trailing_slash {
+                    self.req.key.push(b'/');
+                }
+                if let Some(e) = cx.cache.get(&self.req.key, cx.now) {
+                    let e = Rc::clone(e);
+                    return self.respond_file(cx, &e);
+                }
                 self.req.rel = r.rel;
                 self.req.trailing_slash = r.trailing_slash;
                 self.open(cx)
@@ -305,7 +321,15 @@ impl Conn {
             _ => return self.error(cx, 500, true, &[]),
         };
         match st.file_type {
-            FileType::Regular => self.respond_file(cx, st),
+            FileType::Regular => {
+                let Some(file) = self.req.file.clone() else {
+                    return Next::Close;
+                };
+                let rel = std::mem::take(&mut self.req.rel);
+                let e = Rc::new(Entry::new(file, st, rel, cx.now));
+                cx.cache.insert(&self.req.key, Rc::clone(&e), cx.now);
+                self.respond_file(cx, &e)
+            }
             FileType::Directory if self.req.index => self.error(cx, 404, false, &[]),
             FileType::Directory if !self.req.trailing_slash => self.redirect(cx),
             FileType::Directory => {
@@ -335,11 +359,12 @@ impl Conn {
         self.error(cx, 301, false, &[("Location", &loc)])
     }
 
-    fn respond_file(&mut self, cx: &mut Cx<'_>, st: FileStat) -> Next {
+    fn respond_file(&mut self, cx: &mut Cx<'_>, e: &Entry) -> Next {
         let Some(head) = self.req.head.clone() else {
             return Next::Close;
         };
-        let etag = ETag::new(st.ino, st.len_bytes, st.modified);
+        let (st, etag) = (&e.stat, &e.etag);
+        self.req.file = Some(Arc::clone(&e.file));
         let rb = &self.rbuf;
         let field = |s: Option<request::Span>| s.map(|s| s.get(rb));
         let conds = Conditions {
@@ -348,8 +373,8 @@ impl Conn {
             if_modified_since: field(head.if_modified_since),
             if_unmodified_since: field(head.if_unmodified_since),
         };
-        let last_modified = httpdate::fmt_http_date(st.modified);
-        match validators::evaluate(head.method, &conds, &etag, st.modified) {
+        let last_modified = &e.last_modified;
+        match validators::evaluate(head.method, &conds, etag, st.modified) {
             Precondition::Failed => return self.error(cx, 412, false, &[]),
             Precondition::NotModified => {
                 let extra: [(&str, &[u8]); 2] = [
@@ -364,7 +389,7 @@ impl Conn {
         let decision = validators::range(
             field(head.range),
             field(head.if_range),
-            &etag,
+            etag,
             st.modified,
             len,
         );
@@ -380,7 +405,7 @@ impl Conn {
         let w = &mut self.wbuf;
         w.clear();
         response::start(w, status, cx.date.text());
-        response::content_type(w, &self.req.rel);
+        w.extend_from_slice(&e.content_type);
         response::content_length(w, count);
         response::field(w, "Last-Modified", last_modified.as_bytes());
         response::field(w, "ETag", etag.as_str().as_bytes());

@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use lair_io::{setup, with_backend, Backend, Counters, EngineConfig, SharedFd, Waker, WithBackend};
 use serde::Serialize;
 
+pub mod cache;
 pub mod config;
 mod conn;
 pub mod log;
@@ -100,6 +101,10 @@ pub struct HttpStats {
     pub accept_backoffs: u64,
     /// Responses cut short because the file changed under them.
     pub file_changed: u64,
+    /// Open-file cache hits.
+    pub file_cache_hits: u64,
+    /// Open-file cache misses (the file was opened).
+    pub file_cache_misses: u64,
 }
 
 impl HttpStats {
@@ -116,6 +121,8 @@ impl HttpStats {
         self.overload_503 += o.overload_503;
         self.accept_backoffs += o.accept_backoffs;
         self.file_changed += o.file_changed;
+        self.file_cache_hits += o.file_cache_hits;
+        self.file_cache_misses += o.file_cache_misses;
     }
 }
 

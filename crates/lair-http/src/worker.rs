@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lair_io::{Backend, Completion, Op, Out, SharedFd, Submit, Token};
 
+use crate::cache::FileCache;
 use crate::conn::{Conn, Cx, Next, Phase};
 use crate::log::LogClock;
 use crate::response::DateCache;
@@ -71,6 +72,7 @@ pub(crate) struct Worker<B: Backend> {
     now: Instant,
     stats: HttpStats,
     log: Option<LogState>,
+    cache: FileCache,
     stopping: bool,
     stop_deadline: Option<Instant>,
     next_tick: Instant,
@@ -105,7 +107,6 @@ impl<B: Backend> Worker<B> {
                     again: false,
                 })
                 .collect(),
-            shared,
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -116,7 +117,9 @@ impl<B: Backend> Worker<B> {
             unix_now: 0,
             now,
             stats: HttpStats::default(),
+            shared: Arc::clone(&shared),
             log,
+            cache: FileCache::new(shared.cfg.file_cache_ttl, shared.cfg.file_cache_entries),
             stopping: false,
             stop_deadline: None,
             next_tick: now + TICK,
@@ -174,6 +177,8 @@ impl<B: Backend> Worker<B> {
             }
         }
         self.flush_log_now();
+        self.stats.file_cache_hits = self.cache.hits;
+        self.stats.file_cache_misses = self.cache.misses;
         let mut engine = self.engine.counters().clone();
         engine.backend = B::NAME;
         Ok(WorkerReport {
@@ -294,6 +299,7 @@ impl<B: Backend> Worker<B> {
             clock,
             stats,
             log,
+            cache,
             ..
         } = self;
         let slot = &mut slots[idx as usize];
@@ -310,6 +316,7 @@ impl<B: Backend> Worker<B> {
             now: self.now,
             stats,
             log: log.as_mut().map(|l| &mut l.buf),
+            cache,
             stopping: self.stopping,
         };
         let mut next = first(conn, &mut cx);
@@ -356,6 +363,7 @@ impl<B: Backend> Worker<B> {
 
     fn tick(&mut self) {
         let now = self.now;
+        self.cache.expire(now);
         for i in 0..self.slots.len() {
             let expired = self.slots[i]
                 .conn

@@ -50,14 +50,19 @@ pub enum Op {
         /// The listening socket.
         listener: SharedFd,
     },
-    /// Receive up to `max` bytes, appended to `buf`. `Ok(0)` is end of stream.
+    /// Receive into `buf` (at least `max` bytes of room are reserved; more may arrive if the
+    /// buffer has more spare capacity), appended after its contents. `Ok(0)` is end of stream.
     Recv {
         /// The connected socket.
         sock: SharedFd,
         /// Bytes are appended after `buf.len()`.
         buf: Vec<u8>,
-        /// At most this many bytes are received.
+        /// Room reserved for the receive.
         max: usize,
+        /// Wait for readiness before trying, unless the socket is already known readable
+        /// (like io_uring's `IORING_RECVSEND_POLL_FIRST`): for an idle keep-alive connection,
+        /// whose first attempt would almost always fail.
+        poll_first: bool,
     },
     /// Send `buf[from..]` (one system call; the result may be short).
     Send {

@@ -188,6 +188,7 @@ impl WithBackend for Sockets {
                 sock: sock.clone(),
                 buf: Vec::new(),
                 max: 64,
+                poll_first: false,
             },
         );
         assert!(matches!(s, Submit::Pending));
@@ -211,6 +212,25 @@ impl WithBackend for Sockets {
         client.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"pong");
 
+        // Readiness that arrives while nothing waits is remembered: a poll-first receive
+        // submitted afterwards runs at once instead of waiting for an edge that already passed.
+        client.write_all(b"late").unwrap();
+        let mut none = Vec::new();
+        b.poll(&mut none, Some(Duration::from_millis(200))).unwrap();
+        let op = Op::Recv {
+            sock: sock.clone(),
+            buf: Vec::new(),
+            max: 64,
+            poll_first: true,
+        };
+        // Were the readiness forgotten, this would park for an edge that never comes again
+        // and `wait_for` would fail.
+        let done = match b.submit(Token(9), op) {
+            Submit::Done(c) => c,
+            Submit::Pending => wait_for(&mut b, 9),
+        };
+        assert!(matches!(done.out, Out::Buf(ref v) if v == b"late"));
+
         // Closing cancels a parked receive and gives its buffer back.
         let s = b.submit(
             Token(3),
@@ -218,6 +238,7 @@ impl WithBackend for Sockets {
                 sock: sock.clone(),
                 buf: b"kept".to_vec(),
                 max: 64,
+                poll_first: true,
             },
         );
         assert!(matches!(s, Submit::Pending));

@@ -111,6 +111,15 @@ pub struct ServeArgs {
     #[arg(long)]
     access_log: Option<String>,
 
+    /// How long an open file (descriptor, metadata, validators) is reused before its path is
+    /// looked up again, e.g. `1s`; `0` disables the cache. Default 1s.
+    #[arg(long, value_parser = parse_duration)]
+    file_cache_ttl: Option<Duration>,
+
+    /// Most files each worker keeps open in its cache. Default 1024.
+    #[arg(long)]
+    file_cache_entries: Option<usize>,
+
     /// Write the engine counters and HTTP statistics as JSON to this file at exit.
     #[arg(long)]
     stats_json: Option<PathBuf>,
@@ -140,6 +149,8 @@ struct FileConfig {
     dotfiles: Option<bool>,
     small_file_bytes: Option<usize>,
     access_log: Option<String>,
+    file_cache_ttl: Option<String>,
+    file_cache_entries: Option<usize>,
     stats_json: Option<PathBuf>,
 }
 
@@ -228,6 +239,16 @@ fn build_config(
         f.max_discard_body
     );
     pick!(c.small_file_bytes, a.small_file_bytes, f.small_file_bytes);
+    pick!(
+        c.file_cache_ttl,
+        a.file_cache_ttl,
+        file_duration(&f.file_cache_ttl, "file_cache_ttl")?
+    );
+    pick!(
+        c.file_cache_entries,
+        a.file_cache_entries,
+        f.file_cache_entries
+    );
     pick!(
         c.timeouts.header,
         a.header_timeout,

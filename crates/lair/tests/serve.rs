@@ -699,6 +699,35 @@ fn config_file_and_flags() {
 }
 
 #[test]
+fn replaced_files_are_seen_within_the_cache_ttl() {
+    let site = Site::new();
+    for (b, ttl) in [("lazy", "300ms"), ("sync", "300ms"), ("lazy", "0")] {
+        let srv = Opts::new(&site.root, b)
+            .args(["--file-cache-ttl", ttl])
+            .start();
+        std::fs::write(site.path("v.txt"), "one").unwrap();
+        let mut c = srv.connect();
+        assert_eq!(c.get("/v.txt").body, b"one");
+        // Replaced the way deploys do it: a new file renamed over the old one.
+        std::fs::write(site.path("v.tmp"), "two!").unwrap();
+        std::fs::rename(site.path("v.tmp"), site.path("v.txt")).unwrap();
+        if ttl == "0" {
+            assert_eq!(c.get("/v.txt").body, b"two!", "no cache: seen at once");
+        } else {
+            // Within the TTL either version may be served, but always whole and consistent.
+            let r = c.get("/v.txt");
+            assert!(r.body == b"one" || r.body == b"two!", "{b}: {:?}", r.body);
+            assert_eq!(
+                r.header("content-length").unwrap(),
+                r.body.len().to_string()
+            );
+            std::thread::sleep(Duration::from_millis(400));
+            assert_eq!(c.get("/v.txt").body, b"two!", "{b}: seen after the TTL");
+        }
+    }
+}
+
+#[test]
 fn curl_against_the_binary() {
     let site = Site::new();
     for b in BACKENDS {

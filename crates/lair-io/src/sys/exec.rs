@@ -69,9 +69,19 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             Err(e) if would_block(&e) => Step::WouldBlock(Op::Accept { listener }),
             Err(e) => Step::Done(Err(e), Out::None),
         },
-        Op::Recv { sock, mut buf, max } => match os::recv(&sock, &mut buf, max) {
+        Op::Recv {
+            sock,
+            mut buf,
+            max,
+            poll_first,
+        } => match os::recv(&sock, &mut buf, max) {
             Ok(n) => Step::Done(Ok(n), Out::Buf(buf)),
-            Err(e) if would_block(&e) => Step::WouldBlock(Op::Recv { sock, buf, max }),
+            Err(e) if would_block(&e) => Step::WouldBlock(Op::Recv {
+                sock,
+                buf,
+                max,
+                poll_first,
+            }),
             Err(e) => Step::Done(Err(e), Out::Buf(buf)),
         },
         Op::Send {

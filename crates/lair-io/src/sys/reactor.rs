@@ -49,6 +49,9 @@ struct Slot {
     /// a closed descriptor whose number came back is reset, not trusted.
     owner: usize,
     registered: bool,
+    /// Readiness last reported by epoll and not yet used up by an `EAGAIN`.
+    readable: bool,
+    writable: bool,
     read: Option<Job>,
     write: Option<Job>,
 }
@@ -95,6 +98,26 @@ impl<P: Policy> Backend for Readiness<P> {
         self.counters.op_mut(kind).submitted += 1;
         if let Op::Close { fd } = &op {
             self.cancel(fd);
+        }
+        if let Op::Recv {
+            sock,
+            poll_first: true,
+            ..
+        } = &op
+        {
+            if self.known_unreadable(sock) {
+                let job = Job {
+                    token,
+                    op,
+                    sent: Instant::now(),
+                    parked: false,
+                    helped: false,
+                };
+                return match self.park(job) {
+                    Ok(()) => Submit::Pending,
+                    Err(c) => Submit::Done(c),
+                };
+            }
         }
         match self.policy.start(op) {
             Step::Done(result, out) => {
@@ -155,6 +178,10 @@ impl<P: Policy> Backend for Readiness<P> {
                 continue;
             }
             let fd = usize::try_from(ev.key).unwrap_or(usize::MAX);
+            if let Some(slot) = self.slots.get_mut(fd) {
+                slot.readable |= ev.readable;
+                slot.writable |= ev.writable;
+            }
             if ev.readable {
                 if let Some(job) = self.slots.get_mut(fd).and_then(|s| s.read.take()) {
                     self.retry(job, done);
@@ -184,6 +211,14 @@ impl<P: Policy> Backend for Readiness<P> {
 }
 
 impl<P: Policy> Readiness<P> {
+    /// The socket is registered and no readiness was reported since its last `EAGAIN`.
+    fn known_unreadable(&self, sock: &Arc<OwnedFd>) -> bool {
+        let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);
+        self.slots
+            .get(fd)
+            .is_some_and(|s| s.owner == Arc::as_ptr(sock) as usize && s.registered && !s.readable)
+    }
+
     fn send_to_helper(&mut self, mut job: Job) {
         if !job.helped {
             job.helped = true;
@@ -220,9 +255,17 @@ impl<P: Policy> Readiness<P> {
             }
             slot.registered = true;
         }
+        // The operation just saw `EAGAIN` (or chose not to try): readiness is used up until
+        // epoll reports it again.
         let place = match interest {
-            Interest::Read => &mut slot.read,
-            Interest::Write => &mut slot.write,
+            Interest::Read => {
+                slot.readable = false;
+                &mut slot.read
+            }
+            Interest::Write => {
+                slot.writable = false;
+                &mut slot.write
+            }
         };
         if place.is_some() {
             return Err(self.fail(job, io::Error::from_raw_os_error(libc::EBUSY)));
