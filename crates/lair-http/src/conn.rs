@@ -86,6 +86,11 @@ struct Req {
     trailing_slash: bool,
     index: bool,
     file: Option<SharedFd>,
+    /// The cache entry being served (its body is filled after a whole-file read).
+    entry: Option<Rc<Entry>>,
+    /// Where the body starts in the send buffer, and whether it is the whole file.
+    head_len: usize,
+    whole_file: bool,
     status: u16,
     persist: Option<Persistence>,
     close_after: bool,
@@ -245,9 +250,11 @@ impl Conn {
             (true, 0) => Persistence::KeepAlive10,
             (true, _) => Persistence::KeepAlive11,
         };
+        // The key buffer of the previous request is reused: no allocation on a cache hit.
+        let mut key = std::mem::take(&mut self.req.key);
         let target = head.target.get(&self.rbuf);
-        let resolved =
-            path::split_target(target).and_then(|(p, _)| path::resolve(p, cx.cfg.dotfiles));
+        let resolved = path::split_target(target)
+            .and_then(|(p, _)| path::resolve_into(p, cx.cfg.dotfiles, &mut key));
         let too_big = head.content_length > cx.cfg.limits.discard_body_bytes;
         self.req = Req {
             persist: Some(persist),
@@ -259,17 +266,18 @@ impl Conn {
             return self.error(cx, 413, true, &[]);
         }
         match resolved {
-            Ok(r) => {
-                self.req.key.extend_from_slice(&r.rel);
-                if r.trailing_slash {
-                    self.req.key.push(b'/');
+            Ok(trailing_slash) => {
+                let rel_len = key.len();
+                if trailing_slash {
+                    key.push(b'/');
                 }
+                self.req.key = key;
                 if let Some(e) = cx.cache.get(&self.req.key, cx.now) {
                     let e = Rc::clone(e);
                     return self.respond_file(cx, &e);
                 }
-                self.req.rel = r.rel;
-                self.req.trailing_slash = r.trailing_slash;
+                self.req.rel = self.req.key[..rel_len].to_vec();
+                self.req.trailing_slash = trailing_slash;
                 self.open(cx)
             }
             Err(PathError::Dotfile) => self.error(cx, 404, false, &[]),
@@ -359,7 +367,7 @@ impl Conn {
         self.error(cx, 301, false, &[("Location", &loc)])
     }
 
-    fn respond_file(&mut self, cx: &mut Cx<'_>, e: &Entry) -> Next {
+    fn respond_file(&mut self, cx: &mut Cx<'_>, e: &Rc<Entry>) -> Next {
         let Some(head) = self.req.head.clone() else {
             return Next::Close;
         };
@@ -425,6 +433,16 @@ impl Conn {
         self.req.body_left = count;
         self.req.body_len = count;
         if count <= cx.cfg.small_file_bytes as u64 {
+            if let Some(body) = e.body.get() {
+                // From memory: no read at all.
+                let (a, b) = (first as usize, (first + count) as usize);
+                self.wbuf.extend_from_slice(&body[a..b.min(body.len())]);
+                self.req.file = None;
+                return self.send_buf(cx, Phase::SendingBuf);
+            }
+            self.req.head_len = self.wbuf.len();
+            self.req.whole_file = first == 0 && count == len;
+            self.req.entry = Some(Rc::clone(e));
             self.read_body()
         } else {
             self.send_buf(cx, Phase::SendingHead)
@@ -473,6 +491,10 @@ impl Conn {
                 if self.req.body_left > 0 {
                     self.read_body()
                 } else {
+                    if let (Some(e), true) = (self.req.entry.take(), self.req.whole_file) {
+                        let body = self.wbuf.get(self.req.head_len..).unwrap_or_default();
+                        let _ = e.body.set(body.into());
+                    }
                     self.req.file = None;
                     self.send_buf(cx, Phase::SendingBuf)
                 }
@@ -615,7 +637,8 @@ impl Conn {
         if self.req.close_after {
             return Next::Close;
         }
-        let req = std::mem::take(&mut self.req);
+        let mut req = std::mem::take(&mut self.req);
+        self.req.key = std::mem::take(&mut req.key);
         if let Some(head) = req.head {
             self.rbuf.drain(..head.len.min(self.rbuf.len()));
             self.discard = head.content_length;

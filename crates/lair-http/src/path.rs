@@ -71,47 +71,55 @@ fn strip_scheme(t: &[u8]) -> Option<&[u8]> {
 
 /// Resolve the path part of a target (starting with `/`).
 pub fn resolve(path: &[u8], allow_dotfiles: bool) -> Result<Resolved, PathError> {
-    if path.first() != Some(&b'/') {
-        return Err(PathError::NotOrigin);
-    }
-    // Segment boundaries in `rel`, so `..` can pop.
-    let mut rel: Vec<u8> = Vec::with_capacity(path.len());
-    let mut starts: Vec<usize> = Vec::new();
-    let mut trailing_slash = false;
-    let mut seg = Vec::new();
-    for raw in path[1..].split(|&b| b == b'/') {
-        decode_segment(raw, &mut seg)?;
-        trailing_slash = false;
-        match seg.as_slice() {
-            b"" => {
-                trailing_slash = true;
-                continue;
-            }
-            b"." => {
-                trailing_slash = true;
-                continue;
-            }
-            b".." => {
-                let start = starts.pop().ok_or(PathError::AboveRoot)?;
-                rel.truncate(start.saturating_sub(1));
-                trailing_slash = true;
-                continue;
-            }
-            _ => {}
-        }
-        if seg[0] == b'.' && !allow_dotfiles && seg.as_slice() != b".well-known" {
-            return Err(PathError::Dotfile);
-        }
-        if !rel.is_empty() {
-            rel.push(b'/');
-        }
-        starts.push(rel.len());
-        rel.extend_from_slice(&seg);
-    }
+    let mut rel = Vec::with_capacity(path.len());
+    let trailing_slash = resolve_into(path, allow_dotfiles, &mut rel)?;
     Ok(Resolved {
         rel,
         trailing_slash,
     })
+}
+
+/// [`resolve`] into a caller's buffer (cleared first), without allocating when it has room;
+/// returns whether the target ended with `/`. On error the buffer's contents are unspecified.
+pub fn resolve_into(
+    path: &[u8],
+    allow_dotfiles: bool,
+    rel: &mut Vec<u8>,
+) -> Result<bool, PathError> {
+    rel.clear();
+    if path.first() != Some(&b'/') {
+        return Err(PathError::NotOrigin);
+    }
+    let mut trailing_slash = false;
+    for raw in path[1..].split(|&b| b == b'/') {
+        // Decode the segment in place at the end of `rel`, then keep, drop or pop.
+        let before = rel.len();
+        if before > 0 {
+            rel.push(b'/');
+        }
+        let start = rel.len();
+        decode_segment(raw, rel)?;
+        trailing_slash = true;
+        match &rel[start..] {
+            b"" | b"." => rel.truncate(before),
+            b".." => {
+                if before == 0 {
+                    return Err(PathError::AboveRoot);
+                }
+                // Segments never contain `/` (an encoded one is refused), so the last `/`
+                // before this segment starts the one to pop.
+                let prev = rel[..before].iter().rposition(|&b| b == b'/').unwrap_or(0);
+                rel.truncate(prev);
+            }
+            seg => {
+                if seg[0] == b'.' && !allow_dotfiles && seg != b".well-known" {
+                    return Err(PathError::Dotfile);
+                }
+                trailing_slash = false;
+            }
+        }
+    }
+    Ok(trailing_slash)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -123,8 +131,8 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Percent-decode `raw`, appending to `out`.
 fn decode_segment(raw: &[u8], out: &mut Vec<u8>) -> Result<(), PathError> {
-    out.clear();
     let mut i = 0;
     while i < raw.len() {
         let b = raw[i];

@@ -4,7 +4,6 @@
 //! Server, framing, Connection) is right everywhere. The `Date` value is formatted once per
 //! second per worker ([`DateCache`]).
 
-use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The reason phrase of the statuses lair sends.
@@ -80,11 +79,13 @@ pub enum Persistence {
 
 /// Start a head: status line, `Server`, `Date`.
 pub fn start(buf: &mut Vec<u8>, status: u16, date: &str) {
-    let _ = write!(
-        buf,
-        "HTTP/1.1 {status} {}\r\nServer: lair\r\nDate: {date}\r\n",
-        reason(status)
-    );
+    buf.extend_from_slice(b"HTTP/1.1 ");
+    buf.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(reason(status).as_bytes());
+    buf.extend_from_slice(b"\r\nServer: lair\r\nDate: ");
+    buf.extend_from_slice(date.as_bytes());
+    buf.extend_from_slice(b"\r\n");
 }
 
 /// One header field.
@@ -97,7 +98,9 @@ pub fn field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 /// `Content-Length`.
 pub fn content_length(buf: &mut Vec<u8>, n: u64) {
-    let _ = write!(buf, "Content-Length: {n}\r\n");
+    buf.extend_from_slice(b"Content-Length: ");
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    buf.extend_from_slice(b"\r\n");
 }
 
 /// The `Connection` field (if any) and the empty line.
