@@ -14,6 +14,8 @@ declare -A pkg_of=(
   [prlimit]=util-linux   # a tiny descriptor limit for the EMFILE test
   [kill]=procps          # SIGTERM for graceful shutdown tests
   [id]=coreutils
+  [dd]=coreutils         # drop a file from the page cache (iflag=nocache)
+  [fincore]=util-linux   # check that it was dropped
 )
 missing=()
 for cmd in "${!pkg_of[@]}"; do

@@ -479,18 +479,12 @@ impl Conn {
             self.wbuf = b;
         }
         match c.result {
-            // The file shrank since `fstat`: nothing has been sent, but the head promises
-            // bytes that no longer exist. Close rather than send a wrong length.
-            Ok(0) => {
-                cx.stats.file_changed += 1;
-                Next::Close
-            }
-            Ok(n) => {
-                self.req.body_off += n as u64;
-                self.req.body_left = self.req.body_left.saturating_sub(n as u64);
-                if self.req.body_left > 0 {
-                    self.read_body()
-                } else {
+            // `Ok(0)`: the file shrank since `fstat`; nothing has been sent, but the head
+            // promises bytes that no longer exist — close rather than send a wrong length.
+            Ok(n) => match self.body_moved(cx, n) {
+                None => Next::Close,
+                Some(true) => self.read_body(),
+                Some(false) => {
                     if let (Some(e), true) = (self.req.entry.take(), self.req.whole_file) {
                         let body = self.wbuf.get(self.req.head_len..).unwrap_or_default();
                         let _ = e.body.set(body.into());
@@ -498,7 +492,7 @@ impl Conn {
                     self.req.file = None;
                     self.send_buf(cx, Phase::SendingBuf)
                 }
-            }
+            },
             Err(e) => {
                 tracing::warn!("read {:?}: {e}", String::from_utf8_lossy(&self.req.rel));
                 self.error(cx, 500, true, &[])
@@ -550,23 +544,27 @@ impl Conn {
 
     fn on_sendfile(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
         match c.result {
-            Ok(0) => {
-                // The file shrank while being sent: the client gets a short body and a close,
-                // never bytes past the file's end.
-                cx.stats.file_changed += 1;
-                Next::Close
-            }
-            Ok(n) => {
-                self.req.body_off += n as u64;
-                self.req.body_left = self.req.body_left.saturating_sub(n as u64);
-                if self.req.body_left > 0 {
-                    self.send_file(cx)
-                } else {
-                    self.complete(cx)
-                }
-            }
+            // `Ok(0)`: the file shrank while being sent; the client gets a short body and a
+            // close, never bytes past the file's end.
+            Ok(n) => match self.body_moved(cx, n) {
+                None => Next::Close,
+                Some(true) => self.send_file(cx),
+                Some(false) => self.complete(cx),
+            },
             Err(_) => Next::Close,
         }
+    }
+
+    /// Account for `n` body bytes read or sent: `None` if none were (the file ended early),
+    /// else whether more remain.
+    fn body_moved(&mut self, cx: &mut Cx<'_>, n: usize) -> Option<bool> {
+        if n == 0 {
+            cx.stats.file_changed += 1;
+            return None;
+        }
+        self.req.body_off += n as u64;
+        self.req.body_left = self.req.body_left.saturating_sub(n as u64);
+        Some(self.req.body_left > 0)
     }
 
     /// A response lair makes itself. `close`: end the connection after it (lingering).

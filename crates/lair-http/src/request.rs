@@ -312,6 +312,39 @@ mod tests {
         assert_eq!(status("\x01\x02garbage\r\n\r\n"), 400);
     }
 
+    proptest::proptest! {
+        /// A head fed in any two pieces parses as if whole: `Partial` before the end, the same
+        /// `Head` after (what a slow client or a split TCP segment does).
+        #[test]
+        fn any_split_parses_as_whole(
+            path in "/[a-z0-9./%-]{0,40}",
+            extra in proptest::collection::vec(("[A-Za-z-]{1,12}", "[ -~]{0,30}"), 0..6),
+            cut in 0usize..400,
+        ) {
+            let mut raw = format!("GET {path} HTTP/1.1\r\nHost: h\r\n");
+            for (n, v) in &extra {
+                raw.push_str(&format!("X-{n}: {}\r\n", v.trim()));
+            }
+            raw.push_str("\r\n");
+            let whole = parse(raw.as_bytes(), &limits());
+            let cut = cut % raw.len();
+            let first = parse(&raw.as_bytes()[..cut], &limits());
+            // A prefix is incomplete, or already refused for the same reason as the whole.
+            match (&first, &whole) {
+                (Ok(Parsed::Partial), _) => {}
+                (Err(a), Err(b)) => proptest::prop_assert_eq!(a, b),
+                other => proptest::prop_assert!(false, "prefix {cut}: {other:?}"),
+            }
+            proptest::prop_assert_eq!(parse(raw.as_bytes(), &limits()), whole);
+        }
+
+        /// Arbitrary bytes never panic the parser.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse(&data, &limits());
+        }
+    }
+
     #[test]
     fn limits_apply() {
         let long_line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000));

@@ -240,40 +240,25 @@ fn build_config(
     );
     pick!(c.small_file_bytes, a.small_file_bytes, f.small_file_bytes);
     pick!(
-        c.file_cache_ttl,
-        a.file_cache_ttl,
-        file_duration(&f.file_cache_ttl, "file_cache_ttl")?
-    );
-    pick!(
         c.file_cache_entries,
         a.file_cache_entries,
         f.file_cache_entries
     );
-    pick!(
-        c.timeouts.header,
-        a.header_timeout,
-        file_duration(&f.header_timeout, "header_timeout")?
-    );
-    pick!(
+    macro_rules! pick_duration {
+        ($field:expr, $flag:expr, $key:ident) => {
+            pick!($field, $flag, file_duration(&f.$key, stringify!($key))?)
+        };
+    }
+    pick_duration!(c.timeouts.header, a.header_timeout, header_timeout);
+    pick_duration!(
         c.timeouts.keep_alive,
         a.keepalive_timeout,
-        file_duration(&f.keepalive_timeout, "keepalive_timeout")?
+        keepalive_timeout
     );
-    pick!(
-        c.timeouts.send,
-        a.send_timeout,
-        file_duration(&f.send_timeout, "send_timeout")?
-    );
-    pick!(
-        c.timeouts.linger,
-        a.linger_timeout,
-        file_duration(&f.linger_timeout, "linger_timeout")?
-    );
-    pick!(
-        c.shutdown_timeout,
-        a.shutdown_timeout,
-        file_duration(&f.shutdown_timeout, "shutdown_timeout")?
-    );
+    pick_duration!(c.timeouts.send, a.send_timeout, send_timeout);
+    pick_duration!(c.timeouts.linger, a.linger_timeout, linger_timeout);
+    pick_duration!(c.shutdown_timeout, a.shutdown_timeout, shutdown_timeout);
+    pick_duration!(c.file_cache_ttl, a.file_cache_ttl, file_cache_ttl);
     c.pin = a.pin || f.pin.unwrap_or(false);
     c.dotfiles = a.dotfiles || f.dotfiles.unwrap_or(false);
     if let Some(l) = a.access_log.as_deref().or(f.access_log.as_deref()) {

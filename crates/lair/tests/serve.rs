@@ -727,6 +727,68 @@ fn replaced_files_are_seen_within_the_cache_ttl() {
     }
 }
 
+/// Drop a file's pages from the page cache (`posix_fadvise(DONTNEED)` through dd) and return
+/// how many pages `fincore` still finds.
+fn drop_from_page_cache(path: &std::path::Path) -> u64 {
+    let ok = Command::new("dd")
+        .arg(format!("if={}", path.display()))
+        .args(["iflag=nocache", "count=0", "status=none"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "dd iflag=nocache");
+    let out = Command::new("fincore")
+        .args(["--raw", "--noheadings", "--output", "PAGES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux)");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX)
+}
+
+#[test]
+fn cold_files_go_to_helpers_under_lazy_only() {
+    // On the build directory's file system: a tmpfs /tmp cannot drop pages.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let small = dir.path().join("small.bin");
+    let large = dir.path().join("large.bin");
+    std::fs::write(&small, pattern(8 << 10)).unwrap();
+    std::fs::write(&large, pattern(4 << 20)).unwrap();
+    Command::new("sync").status().unwrap();
+    for b in BACKENDS {
+        let stats = dir.path().join(format!("stats-{b}.json"));
+        let mut srv = Opts::new(dir.path(), b)
+            .args([
+                "--file-cache-ttl",
+                "0",
+                "--stats-json",
+                stats.to_str().unwrap(),
+            ])
+            .start();
+        assert_eq!(drop_from_page_cache(&small), 0, "small.bin still cached");
+        assert_eq!(drop_from_page_cache(&large), 0, "large.bin still cached");
+        let mut c = srv.connect();
+        assert_eq!(c.get("/small.bin").body, pattern(8 << 10), "{b}");
+        assert_eq!(c.get("/large.bin").body, pattern(4 << 20), "{b}");
+        srv.stop();
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+        let helper = |op: &str| j["engine"]["ops"][op]["helper"].as_u64().unwrap_or(0);
+        if b == "lazy" {
+            // The cold read and the cold sendfile went to helpers; nothing else did.
+            assert!(helper("read") >= 1, "{j}");
+            assert!(helper("sendfile") >= 1, "{j}");
+            assert_eq!(helper("recv") + helper("send") + helper("accept"), 0);
+        } else {
+            for op in ["open", "read", "sendfile", "recv", "send"] {
+                assert_eq!(helper(op), 0, "sync never uses helpers: {j}");
+            }
+        }
+    }
+}
+
 #[test]
 fn curl_against_the_binary() {
     let site = Site::new();

@@ -106,17 +106,7 @@ impl<P: Policy> Backend for Readiness<P> {
         } = &op
         {
             if self.known_unreadable(sock) {
-                let job = Job {
-                    token,
-                    op,
-                    sent: Instant::now(),
-                    parked: false,
-                    helped: false,
-                };
-                return match self.park(job) {
-                    Ok(()) => Submit::Pending,
-                    Err(c) => Submit::Done(c),
-                };
+                return self.park_new(token, op);
             }
         }
         match self.policy.start(op) {
@@ -126,19 +116,7 @@ impl<P: Policy> Backend for Readiness<P> {
                 c.errors += u64::from(result.is_err());
                 Submit::Done(Completion::new(token, kind, result, out))
             }
-            Step::WouldBlock(op) => {
-                let job = Job {
-                    token,
-                    op,
-                    sent: Instant::now(),
-                    parked: false,
-                    helped: false,
-                };
-                match self.park(job) {
-                    Ok(()) => Submit::Pending,
-                    Err(c) => Submit::Done(c),
-                }
-            }
+            Step::WouldBlock(op) => self.park_new(token, op),
             Step::Helper(op) => {
                 self.send_to_helper(Job {
                     token,
@@ -217,6 +195,21 @@ impl<P: Policy> Readiness<P> {
         self.slots
             .get(fd)
             .is_some_and(|s| s.owner == Arc::as_ptr(sock) as usize && s.registered && !s.readable)
+    }
+
+    /// Park a just-submitted operation (see [`Readiness::park`]).
+    fn park_new(&mut self, token: Token, op: Op) -> Submit {
+        let job = Job {
+            token,
+            op,
+            sent: Instant::now(),
+            parked: false,
+            helped: false,
+        };
+        match self.park(job) {
+            Ok(()) => Submit::Pending,
+            Err(c) => Submit::Done(c),
+        }
     }
 
     fn send_to_helper(&mut self, mut job: Job) {
