@@ -93,6 +93,9 @@ pub struct ServerConfig {
     /// Bodies up to this size are read into memory and sent with the head in one write; larger
     /// ones go with `sendfile`.
     pub small_file_bytes: usize,
+    /// Most bytes one `sendfile` call may send (then the connection waits its turn again),
+    /// like nginx's `sendfile_max_chunk`.
+    pub sendfile_chunk_bytes: usize,
     /// Access log destination.
     pub access_log: AccessLog,
     /// How long an open file (descriptor, metadata, validators) is reused before its path is
@@ -121,6 +124,7 @@ impl ServerConfig {
             max_connections: 10_000,
             dotfiles: false,
             small_file_bytes: 16 * 1024,
+            sendfile_chunk_bytes: 512 * 1024,
             access_log: AccessLog::Off,
             file_cache_ttl: Duration::from_secs(1),
             file_cache_entries: 1024,

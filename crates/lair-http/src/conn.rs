@@ -538,7 +538,9 @@ impl Conn {
             sock: Arc::clone(&self.sock),
             file,
             offset: self.req.body_off,
-            len: usize::try_from(self.req.body_left).unwrap_or(usize::MAX),
+            len: usize::try_from(self.req.body_left)
+                .unwrap_or(usize::MAX)
+                .min(cx.cfg.sendfile_chunk_bytes.max(1)),
         })
     }
 

@@ -111,6 +111,11 @@ pub struct ServeArgs {
     #[arg(long)]
     access_log: Option<String>,
 
+    /// Most bytes one sendfile call sends before the connection waits its turn again (fairness
+    /// between large downloads). Default 524288.
+    #[arg(long)]
+    sendfile_chunk: Option<usize>,
+
     /// How long an open file (descriptor, metadata, validators) is reused before its path is
     /// looked up again, e.g. `1s`; `0` disables the cache. Default 1s.
     #[arg(long, value_parser = parse_duration)]
@@ -151,6 +156,7 @@ struct FileConfig {
     access_log: Option<String>,
     file_cache_ttl: Option<String>,
     file_cache_entries: Option<usize>,
+    sendfile_chunk: Option<usize>,
     stats_json: Option<PathBuf>,
 }
 
@@ -239,6 +245,7 @@ fn build_config(
         f.max_discard_body
     );
     pick!(c.small_file_bytes, a.small_file_bytes, f.small_file_bytes);
+    pick!(c.sendfile_chunk_bytes, a.sendfile_chunk, f.sendfile_chunk);
     pick!(
         c.file_cache_entries,
         a.file_cache_entries,
