@@ -86,6 +86,13 @@ fn probe(config: &EngineConfig) -> Caps {
     // A regular file of the document root's file system, else our own executable.
     let from_root = config.probe_dir.as_deref().and_then(os::first_regular_file);
     let probed_root = from_root.is_some();
+    if probed_root && os::NOATIME_REFUSED.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        tracing::warn!(
+            "lazy: files of the document root cannot be opened with O_NOATIME (lair does not own \
+             them): reading a file may update its access time, which can wait for the disk in \
+             the event loop; mount the root with noatime, or run lair as the files' owner"
+        );
+    }
     let exe = CString::from(c"/proc/self/exe");
     let file = from_root.or_else(|| os::open_absolute(&exe).ok());
     if let Some(file) = &file {

@@ -89,10 +89,17 @@ pub(crate) fn shutdown_write(sock: &OwnedFd) -> io::Result<()> {
 
 // ---- files ---------------------------------------------------------------------------------
 
-/// `openat2(dir, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)`; `O_NONBLOCK` so a FIFO
-/// planted in the document root cannot hang the open. With `beneath`, resolution stays under
-/// `dir` and refuses magic links; with [`Wait::NoWait`], `RESOLVE_CACHED` makes a lookup that
-/// needs the disk fail with `EAGAIN`.
+/// `openat2(dir, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOATIME)`.
+///
+/// - `O_NONBLOCK`, so a FIFO planted in the document root cannot hang the open;
+/// - `O_NOATIME`, because reading a file updates its access time *after* the data is copied —
+///   also when `RWF_NOWAIT` found nothing cached — and that update can read the inode's block
+///   from disk (`touch_atime` → `ext4_dirty_inode` → `ext4_get_inode_loc`): a blocking disk
+///   read inside a "non-blocking" call. Only the file's owner (or `CAP_FOWNER`) may ask for it;
+///   on `EPERM` the file is opened without it, and [`NOATIME_REFUSED`] counts that.
+///
+/// With `beneath`, resolution stays under `dir` and refuses magic links; with
+/// [`Wait::NoWait`], `RESOLVE_CACHED` makes a lookup that needs the disk fail with `EAGAIN`.
 pub(crate) fn open(dir: &OwnedFd, path: &CStr, beneath: bool, wait: Wait) -> io::Result<OwnedFd> {
     let mut resolve = ResolveFlags::empty();
     if beneath {
@@ -102,8 +109,17 @@ pub(crate) fn open(dir: &OwnedFd, path: &CStr, beneath: bool, wait: Wait) -> io:
         resolve |= ResolveFlags::CACHED;
     }
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-    rfs::openat2(dir, path, flags, Mode::empty(), resolve).map_err(io_err)
+    match rfs::openat2(dir, path, flags | OFlags::NOATIME, Mode::empty(), resolve) {
+        Err(Errno::PERM) => {
+            NOATIME_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            rfs::openat2(dir, path, flags, Mode::empty(), resolve).map_err(io_err)
+        }
+        r => r.map_err(io_err),
+    }
 }
+
+/// Opens that could not use `O_NOATIME` (the process does not own the file), process-wide.
+pub static NOATIME_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `fstat`.
 pub(crate) fn stat(file: &OwnedFd) -> io::Result<FileStat> {
