@@ -73,7 +73,32 @@ pub(crate) struct Cx<'a> {
     pub stats: &'a mut HttpStats,
     pub log: Option<&'a mut Vec<u8>>,
     pub cache: &'a mut FileCache,
+    pub bufs: &'a mut BufPool,
     pub stopping: bool,
+}
+
+/// Send buffers shared by a worker's connections, so memory follows responses in flight, not
+/// open connections (an idle keep-alive connection holds only its small receive buffer).
+#[derive(Debug, Default)]
+pub(crate) struct BufPool {
+    free: Vec<Vec<u8>>,
+}
+
+impl BufPool {
+    /// Most buffers kept, and the largest kept (bigger ones go back to the allocator).
+    const KEEP: usize = 256;
+    const KEEP_BYTES: usize = 64 * 1024;
+
+    fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_default()
+    }
+
+    fn give(&mut self, mut b: Vec<u8>) {
+        if b.capacity() > 0 && b.capacity() <= Self::KEEP_BYTES && self.free.len() < Self::KEEP {
+            b.clear();
+            self.free.push(b);
+        }
+    }
 }
 
 /// The response being made.
@@ -186,12 +211,31 @@ impl Conn {
     fn recv(&mut self, cx: &mut Cx<'_>) -> Next {
         self.phase = Phase::Reading;
         let t = &cx.cfg.timeouts;
-        self.deadline = Some(if self.rbuf.is_empty() && self.served > 0 {
+        let idle = self.rbuf.is_empty() && self.served > 0;
+        self.deadline = Some(if idle {
             cx.now + t.keep_alive
         } else {
             self.head_started + t.header
         });
+        if idle {
+            // Waiting for the next request may take long: hold no send buffer meanwhile (the
+            // small receive buffer stays; dropping it would cost an allocation per request).
+            cx.bufs.give(std::mem::take(&mut self.wbuf));
+            if self.rbuf.capacity() > 4 * RECV_BYTES {
+                // It once held a large head; do not keep that much while idle.
+                self.rbuf = Vec::new();
+            }
+        }
         self.recv_op()
+    }
+
+    /// The send buffer, from the pool if this connection holds none.
+    fn wbuf(&mut self, cx: &mut Cx<'_>) -> &mut Vec<u8> {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = cx.bufs.take();
+        }
+        self.wbuf.clear();
+        &mut self.wbuf
     }
 
     fn on_recv(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
@@ -410,9 +454,9 @@ impl Conn {
             }
         };
         let persist = self.persistence(cx);
-        let w = &mut self.wbuf;
-        w.clear();
-        response::start(w, status, cx.date.text());
+        let date = cx.date.text();
+        let w = self.wbuf(cx);
+        response::start(w, status, date);
         w.extend_from_slice(&e.content_type);
         response::content_length(w, count);
         response::field(w, "Last-Modified", last_modified.as_bytes());
@@ -587,7 +631,7 @@ impl Conn {
             .as_ref()
             .is_some_and(|h| h.method == Method::Head);
         let persist = self.persistence(cx);
-        self.wbuf.clear();
+        self.wbuf(cx);
         self.req.status = status;
         self.req.file = None;
         self.req.wsent = 0;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use lair_io::{Backend, Completion, Op, Out, SharedFd, Submit, Token};
 
 use crate::cache::FileCache;
-use crate::conn::{Conn, Cx, Next, Phase};
+use crate::conn::{BufPool, Conn, Cx, Next, Phase};
 use crate::log::LogClock;
 use crate::response::DateCache;
 use crate::{HttpStats, Shared, WorkerReport};
@@ -73,6 +73,7 @@ pub(crate) struct Worker<B: Backend> {
     stats: HttpStats,
     log: Option<LogState>,
     cache: FileCache,
+    bufs: BufPool,
     stopping: bool,
     stop_deadline: Option<Instant>,
     next_tick: Instant,
@@ -120,6 +121,7 @@ impl<B: Backend> Worker<B> {
             shared: Arc::clone(&shared),
             log,
             cache: FileCache::new(shared.cfg.file_cache_ttl, shared.cfg.file_cache_entries),
+            bufs: BufPool::default(),
             stopping: false,
             stop_deadline: None,
             next_tick: now + TICK,
@@ -300,6 +302,7 @@ impl<B: Backend> Worker<B> {
             stats,
             log,
             cache,
+            bufs,
             ..
         } = self;
         let slot = &mut slots[idx as usize];
@@ -317,6 +320,7 @@ impl<B: Backend> Worker<B> {
             stats,
             log: log.as_mut().map(|l| &mut l.buf),
             cache,
+            bufs,
             stopping: self.stopping,
         };
         let mut next = first(conn, &mut cx);
