@@ -45,6 +45,14 @@ pub type Call = Box<dyn FnMut(Attempt) -> io::Result<u64> + Send>;
 /// One operation. Build it with the constructors, which keep the field invariants.
 #[non_exhaustive]
 pub enum Op {
+    /// Open a TCP connection to `addr` (non-blocking, close-on-exec, `TCP_NODELAY`); the
+    /// completion carries it as [`Out::Conn`].
+    Connect {
+        /// Where to.
+        addr: SocketAddr,
+        /// The socket while the handshake is in progress (set by the engine; submit `None`).
+        sock: Option<SharedFd>,
+    },
     /// Accept one connection (non-blocking socket, close-on-exec, `TCP_NODELAY`).
     Accept {
         /// The listening socket.
@@ -141,6 +149,7 @@ impl Op {
     /// The kind of this operation, for counters and completions.
     pub fn kind(&self) -> OpKind {
         match self {
+            Op::Connect { .. } => OpKind::Connect,
             Op::Accept { .. } => OpKind::Accept,
             Op::Recv { .. } => OpKind::Recv,
             Op::Send { .. } => OpKind::Send,
@@ -158,6 +167,7 @@ impl Op {
     /// The socket this operation waits on when it would block, and in which direction.
     pub(crate) fn socket_interest(&self) -> Option<(&SharedFd, Interest)> {
         match self {
+            Op::Connect { sock, .. } => sock.as_ref().map(|s| (s, Interest::Write)),
             Op::Accept { listener } => Some((listener, Interest::Read)),
             Op::Recv { sock, .. } => Some((sock, Interest::Read)),
             Op::Send { sock, .. } | Op::Sendfile { sock, .. } => Some((sock, Interest::Write)),
@@ -195,6 +205,7 @@ pub(crate) enum Interest {
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum OpKind {
+    Connect,
     Accept,
     Recv,
     Send,
@@ -210,7 +221,8 @@ pub enum OpKind {
 
 impl OpKind {
     /// Every kind, in counter order.
-    pub const ALL: [OpKind; 11] = [
+    pub const ALL: [OpKind; 12] = [
+        OpKind::Connect,
         OpKind::Accept,
         OpKind::Recv,
         OpKind::Send,
@@ -232,6 +244,7 @@ impl OpKind {
     /// Lower-case name, as in the counters' JSON.
     pub fn name(self) -> &'static str {
         match self {
+            OpKind::Connect => "connect",
             OpKind::Accept => "accept",
             OpKind::Recv => "recv",
             OpKind::Send => "send",
@@ -285,7 +298,7 @@ pub enum Out {
     Buf(Vec<u8>),
     /// A newly opened file (`Open`).
     File(OwnedFd),
-    /// A newly accepted connection and its peer (`Accept`).
+    /// A newly accepted or connected connection and its peer (`Accept`, `Connect`).
     Conn(OwnedFd, Option<SocketAddr>),
     /// The result of `Stat`.
     Stat(FileStat),

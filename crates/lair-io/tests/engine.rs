@@ -298,3 +298,46 @@ impl WithBackend for Accepts {
 fn accept_parks_on_the_listener() {
     for_each_backend(|k| with_backend(k, &EngineConfig::default(), Accepts).unwrap());
 }
+
+struct Connects;
+impl WithBackend for Connects {
+    type Output = ();
+    fn run<B: Backend>(self, mut b: B) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let c = run(&mut b, 1, Op::Connect { addr, sock: None });
+        let Out::Conn(fd, Some(peer)) = c.out else {
+            panic!("connect: {:?}", c.result)
+        };
+        assert_eq!(peer, addr);
+        let (mut server_side, _) = l.accept().unwrap();
+        let sock = Arc::new(fd);
+        let c = run(
+            &mut b,
+            2,
+            Op::Send {
+                sock: sock.clone(),
+                buf: b"hi".to_vec(),
+                from: 0,
+                more: false,
+            },
+        );
+        assert_eq!(c.result.unwrap(), 2);
+        let mut got = [0u8; 2];
+        server_side.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+        // Nobody listens here any more: refused, as a completion, not a panic or a hang.
+        drop(l);
+        let c = run(&mut b, 3, Op::Connect { addr, sock: None });
+        assert_eq!(
+            c.result.unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+        assert_eq!(b.counters().op(OpKind::Connect).submitted, 2);
+    }
+}
+
+#[test]
+fn connect_completes_or_reports_refusal() {
+    for_each_backend(|k| with_backend(k, &EngineConfig::default(), Connects).unwrap());
+}

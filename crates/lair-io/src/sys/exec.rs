@@ -7,6 +7,7 @@
 //! reactor parks the operation until epoll reports readiness.
 
 use std::io;
+use std::sync::Arc;
 
 use super::os::{self, Wait};
 use crate::op::{Attempt, Op, Out};
@@ -64,6 +65,29 @@ fn unsupported(e: &io::Error) -> bool {
 pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
     let nowait = wait == Wait::NoWait;
     match op {
+        Op::Connect { addr, sock: None } => match os::connect_start(addr) {
+            Ok((fd, true)) => Step::Done(Ok(0), Out::Conn(fd, Some(addr))),
+            Ok((fd, false)) => Step::WouldBlock(Op::Connect {
+                addr,
+                sock: Some(Arc::new(fd)),
+            }),
+            Err(e) => Step::Done(Err(e), Out::None),
+        },
+        Op::Connect {
+            addr,
+            sock: Some(sock),
+        } => match os::connect_finished(&sock) {
+            Ok(true) => match Arc::try_unwrap(sock) {
+                Ok(fd) => Step::Done(Ok(0), Out::Conn(fd, Some(addr))),
+                // The engine holds the only reference of a socket it created.
+                Err(_) => Step::Done(Err(io::Error::other("connect: socket shared")), Out::None),
+            },
+            Ok(false) => Step::WouldBlock(Op::Connect {
+                addr,
+                sock: Some(sock),
+            }),
+            Err(e) => Step::Done(Err(e), Out::None),
+        },
         Op::Accept { listener } => match os::accept(&listener) {
             Ok((fd, peer)) => Step::Done(Ok(0), Out::Conn(fd, peer)),
             Err(e) if would_block(&e) => Step::WouldBlock(Op::Accept { listener }),

@@ -49,6 +49,42 @@ pub(crate) fn accept(listener: &OwnedFd) -> io::Result<(OwnedFd, Option<SocketAd
     Ok((fd, peer))
 }
 
+/// A non-blocking TCP socket connecting to `addr`: `Ok((fd, true))` if connected at once,
+/// `Ok((fd, false))` while the handshake is in progress (wait for writability, then
+/// [`connect_finished`]).
+pub(crate) fn connect_start(addr: SocketAddr) -> io::Result<(OwnedFd, bool)> {
+    let family = match addr {
+        SocketAddr::V4(_) => rnet::AddressFamily::INET,
+        SocketAddr::V6(_) => rnet::AddressFamily::INET6,
+    };
+    let fd = rnet::socket_with(
+        family,
+        rnet::SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(io_err)?;
+    let _ = rnet::sockopt::set_tcp_nodelay(&fd, true);
+    match rnet::connect(&fd, &addr) {
+        Ok(()) => Ok((fd, true)),
+        Err(Errno::INPROGRESS) => Ok((fd, false)),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// After writability: `Ok(true)` connected, `Ok(false)` still in progress, or the
+/// handshake's error (`SO_ERROR`).
+pub(crate) fn connect_finished(fd: &OwnedFd) -> io::Result<bool> {
+    match rnet::getpeername(fd) {
+        Ok(_) => Ok(true),
+        Err(Errno::NOTCONN) => match rnet::sockopt::socket_error(fd).map_err(io_err)? {
+            Ok(()) => Ok(false),
+            Err(e) => Err(io_err(e)),
+        },
+        Err(e) => Err(io_err(e)),
+    }
+}
+
 /// `recv` into the spare capacity of `buf` (at least `max` bytes are reserved first).
 pub(crate) fn recv(sock: &OwnedFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
     buf.reserve(max.max(1));
