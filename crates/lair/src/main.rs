@@ -1,4 +1,5 @@
-//! The `lair` command: `lair serve` today; `load`, `lab` and `micro` join it as subcommands.
+//! The `lair` command: `lair serve` and `lair load` today; `lab` and `micro` join them as
+//! subcommands.
 //!
 //! Thin on purpose: it parses flags and the TOML config (flags win), sets up logging and
 //! signals, runs the library, and maps errors to exit codes (0 ok, 1 runtime failure, 2 bad
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod load;
 mod serve;
 
 /// lair: an event-driven static web server built on lazy asynchronous I/O.
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Serve a directory over HTTP/1.1.
     Serve(Box<serve::ServeArgs>),
+    /// Generate load: N keep-alive connections in a closed loop, every response validated.
+    Load(Box<load::LoadArgs>),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::Load(args) => load::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
