@@ -267,9 +267,9 @@ pub(crate) fn range_cached(
         len: (last - first) * PAGE,
     };
     let mut cs = Cachestat::default();
-    // SAFETY: `range` and `cs` are live, correctly laid out (`struct cachestat_range` and
-    // `struct cachestat` of include/uapi/linux/mman.h) and exclusively borrowed for the call;
-    // the descriptor is valid for the call because `file` borrows it; flags must be 0.
+    // Layouts: `struct cachestat_range` and `struct cachestat`, include/uapi/linux/mman.h.
+    // SAFETY: `range` and `cs` are live, laid out as the kernel expects and exclusively borrowed
+    // for the call; `file` keeps the descriptor valid for the call; flags must be 0.
     let r = unsafe {
         libc::syscall(
             SYS_CACHESTAT,
