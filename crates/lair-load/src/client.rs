@@ -42,7 +42,9 @@ struct Conn {
     wbuf: Vec<u8>,
     wsent: usize,
     rbuf: Vec<u8>,
+    /// Index of the request in flight in `LoadConfig::paths`.
     path: usize,
+    body_bytes: u64,
     sent_at: Instant,
     head_bytes: usize,
     status: u16,
@@ -58,6 +60,7 @@ struct Loop<'a, B: Backend> {
     conns: Vec<Conn>,
     tally: Tally,
     issued: &'a AtomicU64,
+    cursor: &'a AtomicU64,
     requests: Vec<Vec<u8>>,
     end: Option<Instant>,
     /// Completions of operations that finished inline, handled by the loop (not recursively,
@@ -73,10 +76,10 @@ fn token(idx: usize, gen: u32) -> Token {
 
 pub(crate) fn run_thread(
     cfg: &LoadConfig,
-    first: usize,
     count: usize,
     cpu: Option<usize>,
     issued: &AtomicU64,
+    cursor: &AtomicU64,
     started: Instant,
 ) -> Result<Tally, Error> {
     if let Some(cpu) = cpu {
@@ -97,14 +100,15 @@ pub(crate) fn run_thread(
         cfg,
         engine,
         conns: (0..count)
-            .map(|i| Conn {
+            .map(|_| Conn {
                 sock: None,
                 state: State::Backoff(now),
                 gen: 1,
                 wbuf: Vec::with_capacity(256),
                 wsent: 0,
                 rbuf: Vec::with_capacity(RECV_BYTES),
-                path: (first + i) % cfg.paths.len(),
+                path: 0,
+                body_bytes: 0,
                 sent_at: now,
                 head_bytes: 0,
                 status: 0,
@@ -115,6 +119,7 @@ pub(crate) fn run_thread(
             .collect(),
         tally: Tally::new(),
         issued,
+        cursor,
         requests,
         end: match cfg.stop {
             Stop::After(d) => Some(started + d),
@@ -237,9 +242,11 @@ impl<B: Backend> Loop<'_, B> {
                 return;
             }
         }
+        let next = self.cursor.fetch_add(1, Ordering::Relaxed) % self.requests.len() as u64;
         let c = &mut self.conns[idx];
+        c.path = next as usize;
         let req = &self.requests[c.path];
-        c.path = (c.path + 1) % self.requests.len();
+        c.body_bytes = 0;
         c.wbuf.clear();
         c.wbuf.extend_from_slice(req);
         c.wsent = 0;
@@ -396,6 +403,7 @@ impl<B: Backend> Loop<'_, B> {
                         None => {}
                     }
                     c.head_bytes += body_here as usize;
+                    c.body_bytes = body_here;
                     c.rbuf.clear();
                 }
                 Ok(httparse::Status::Partial) if c.rbuf.len() <= MAX_HEAD => {}
@@ -407,6 +415,7 @@ impl<B: Backend> Loop<'_, B> {
             }
         } else {
             c.head_bytes += n;
+            c.body_bytes += n as u64;
             if let Some(left) = c.body_left {
                 if n as u64 > left {
                     self.tally.errors.framing += 1;
@@ -438,6 +447,10 @@ impl<B: Backend> Loop<'_, B> {
         };
         if !ok {
             self.tally.errors.status += 1;
+        }
+        let want = self.cfg.sizes.get(c.path).copied().flatten();
+        if c.status == 200 && want.is_some_and(|w| w != c.body_bytes) {
+            self.tally.errors.size += 1;
         }
         if c.close_after {
             self.reopen(idx, Instant::now());

@@ -12,8 +12,13 @@
 //! `Op::Send` from a per-connection buffer, responses read with `Op::Recv` (waiting for
 //! readiness first), so the hot path allocates nothing.
 //!
-//! Not yet here (issue 4): open loop, trace replay, slow clients, content checks against a
-//! manifest, a progress bar; chunked responses count as framing errors.
+//! Requests come from a list of paths or a trace ([`trace`]); connections take the next one
+//! from a shared cursor, so a trace is replayed in its order (closed loop: as fast as the
+//! clients go, not at the trace's timestamps), and a 200 answer's body length is checked
+//! against the size the trace gives.
+//!
+//! Not yet here (issue 4): open loop, timestamp-scaled replay, slow clients, content checks
+//! against a manifest, a progress bar; chunked responses count as framing errors.
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +32,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 mod client;
+pub mod trace;
 
 /// When a run ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +50,11 @@ pub struct LoadConfig {
     pub addr: SocketAddr,
     /// `Host` header value.
     pub host: String,
-    /// Request paths; connection *i* starts at path *i* and walks the list round robin.
+    /// Request paths, taken in order (round robin) by whichever connection is ready next.
     pub paths: Vec<String>,
+    /// Body size a 200 answer to `paths[i]` must have, if known (from a trace); empty or
+    /// shorter than `paths` means unknown.
+    pub sizes: Vec<Option<u64>>,
     /// Connections in all.
     pub connections: usize,
     /// Event-loop threads (connections are spread evenly).
@@ -88,12 +97,14 @@ pub struct Errors {
     pub status: u64,
     /// Responses that were not valid HTTP/1.1 or not framed as announced.
     pub framing: u64,
+    /// 200 answers whose body length differs from the size the trace gives.
+    pub size: u64,
 }
 
 impl Errors {
     /// All failures.
     pub fn total(&self) -> u64 {
-        self.connect + self.reset + self.timeout + self.status + self.framing
+        self.connect + self.reset + self.timeout + self.status + self.framing + self.size
     }
 
     fn merge(&mut self, o: &Errors) {
@@ -102,6 +113,7 @@ impl Errors {
         self.timeout += o.timeout;
         self.status += o.status;
         self.framing += o.framing;
+        self.size += o.size;
     }
 }
 
@@ -187,6 +199,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, Error> {
         )));
     }
     let issued = Arc::new(AtomicU64::new(0));
+    let cursor = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut handles = Vec::new();
     for t in 0..cfg.threads {
@@ -194,10 +207,11 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, Error> {
         let count = cfg.connections * (t + 1) / cfg.threads - first;
         let cfg_t = cfg.clone();
         let issued = Arc::clone(&issued);
+        let cursor = Arc::clone(&cursor);
         let cpu = (!cfg.pin.is_empty()).then(|| cfg.pin[t % cfg.pin.len()]);
         let h = std::thread::Builder::new()
             .name(format!("lair-load-{t}"))
-            .spawn(move || client::run_thread(&cfg_t, first, count, cpu, &issued, started))
+            .spawn(move || client::run_thread(&cfg_t, count, cpu, &issued, &cursor, started))
             .map_err(|e| Error::Thread(e.to_string()))?;
         handles.push(h);
     }
@@ -261,7 +275,7 @@ impl Report {
             "lair load: {target}, {} connections on {} threads, {:.2} s\n  \
              requests   {} ({:.1}/s), {:.2} MB/s\n  \
              latency    p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs (mean {:.1} µs)\n  \
-             errors     {} (connect {}, reset {}, timeout {}, status {}, framing {})\n  \
+             errors     {} (connect {}, reset {}, timeout {}, status {}, framing {}, size {})\n  \
              status     {}\n",
             self.connections,
             self.threads,
@@ -281,6 +295,7 @@ impl Report {
             e.timeout,
             e.status,
             e.framing,
+            e.size,
             if status.is_empty() {
                 "-".into()
             } else {

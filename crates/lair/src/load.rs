@@ -16,8 +16,14 @@ pub struct LoadArgs {
     url: String,
 
     /// Extra request paths; connections walk the URL's path and these round robin.
-    #[arg(long = "path")]
+    #[arg(long = "path", conflicts_with = "trace")]
     paths: Vec<String>,
+
+    /// Replay this trace (`t_ms<TAB>path<TAB>bytes` per line, or one path per line) in its
+    /// order, as fast as the connections go; 200 answers must have the trace's sizes. The URL
+    /// gives only the server. Default stop: one pass over the trace.
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
 
     /// Keep-alive connections in all.
     #[arg(long, short = 'c', default_value_t = 10)]
@@ -79,17 +85,42 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), ConfigError> {
 /// Run `lair load`.
 pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     let (addr, host, path) = parse_url(&a.url)?;
-    let mut paths = vec![path];
-    paths.extend(a.paths.iter().cloned());
-    let stop = match (a.requests, a.duration) {
-        (Some(n), _) => Stop::Requests(n),
-        (None, Some(d)) => Stop::After(d),
-        (None, None) => Stop::After(Duration::from_secs(10)),
+    let (paths, sizes, one_pass) = match &a.trace {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| ConfigError(format!("trace {}: {e}", file.display())))?;
+            let t = lair_load::trace::parse(&text);
+            if t.malformed > 0 {
+                eprintln!(
+                    "lair load: {}: skipped {} malformed lines",
+                    file.display(),
+                    t.malformed
+                );
+            }
+            if t.requests.is_empty() {
+                return Err(ConfigError(format!("trace {}: no requests", file.display())).into());
+            }
+            let n = t.requests.len() as u64;
+            let (p, s) = t.requests.into_iter().map(|r| (r.path, r.bytes)).unzip();
+            (p, s, Some(n))
+        }
+        None => {
+            let mut p = vec![path];
+            p.extend(a.paths.iter().cloned());
+            (p, Vec::new(), None)
+        }
+    };
+    let stop = match (a.requests, a.duration, one_pass) {
+        (Some(n), _, _) => Stop::Requests(n),
+        (None, Some(d), _) => Stop::After(d),
+        (None, None, Some(n)) => Stop::Requests(n),
+        (None, None, None) => Stop::After(Duration::from_secs(10)),
     };
     let cfg = LoadConfig {
         addr,
         host,
         paths,
+        sizes,
         connections: a.connections,
         threads: a.threads,
         stop,

@@ -82,3 +82,36 @@ fn timed_run_and_a_dead_target() {
     assert_eq!(code, Some(1));
     assert!(j["errors"]["connect"].as_u64().unwrap() >= 100, "{j}");
 }
+
+#[test]
+fn trace_replay_checks_sizes_and_skips_bad_lines() {
+    let site = Site::new();
+    let srv = Opts::new(&site.root, "lazy").start();
+    let trace = site.dir.path().join("trace.tsv");
+    std::fs::write(
+        &trace,
+        "0\t/hello.txt\t13\n10\t/digits.txt\t100\nnot a request\n20\t/digits.txt\t99\n30\t/docs/index.html\t14\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lair"))
+        .args([
+            "load",
+            &srv.url("/"),
+            "--trace",
+            trace.to_str().unwrap(),
+            "-c",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["requests"], 4, "one pass over the 4 good lines: {j}");
+    assert_eq!(j["status"]["200"], 4);
+    assert_eq!(
+        j["errors"]["size"], 1,
+        "the line that says 99 bytes for a 100-byte file"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skipped 1 malformed"));
+}
