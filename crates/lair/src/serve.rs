@@ -29,7 +29,7 @@ pub struct ServeArgs {
     /// Directory to serve (default: the config file's `root`, else the current directory).
     root: Option<PathBuf>,
 
-    /// TOML file with the same settings as the flags (see README, "Configuration").
+    /// TOML file with the same settings as the flags (see README, "Options"); flags win.
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
 
