@@ -151,9 +151,7 @@ mod tests {
         let stat = FileStat {
             len_bytes: 1,
             ino: 2,
-            dev: 3,
             modified: UNIX_EPOCH,
-            modified_nsec: 0,
             file_type: FileType::Regular,
         };
         Entry::new(Arc::new(fd.into()), stat, b"a.css".to_vec(), now)

@@ -267,12 +267,8 @@ pub struct FileStat {
     pub len_bytes: u64,
     /// Inode number.
     pub ino: u64,
-    /// Device.
-    pub dev: u64,
-    /// Last modification.
+    /// Last modification (nanosecond resolution where the file system has it).
     pub modified: SystemTime,
-    /// Nanoseconds part of the modification time (for validators).
-    pub modified_nsec: u32,
     /// What the inode is.
     pub file_type: FileType,
 }

@@ -138,7 +138,7 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             };
             if nowait {
                 let cached = caps.cachestat
-                    && matches!(os::range_cached(&file, offset, len as u64, None), Ok(true));
+                    && matches!(os::range_cached(&file, offset, len as u64), Ok(true));
                 if !cached {
                     return Step::Helper(Op::Sendfile {
                         sock,

@@ -11,7 +11,6 @@
 //! disk, whatever the kernel supports — a missing feature sends that operation to the helpers
 //! instead (probed once per process at start-up, logged in one line each).
 
-use std::ffi::CString;
 use std::sync::OnceLock;
 
 use super::exec::{exec, Caps, Step};
@@ -68,12 +67,10 @@ fn probe(config: &EngineConfig) -> Caps {
         );
     }
 
-    let root_c = CString::from(c"/");
-    let fallback_dir = os::open_absolute(&root_c).ok();
+    let fallback_dir = os::open_absolute(c"/").ok();
     let dir = config.probe_dir.as_deref().or(fallback_dir.as_ref());
     if let Some(dir) = dir {
-        let dot = CString::from(c".");
-        if let Err(e) = os::open(dir, &dot, true, Wait::NoWait) {
+        if let Err(e) = os::open(dir, c".", true, Wait::NoWait) {
             if e.kind() != std::io::ErrorKind::WouldBlock {
                 caps.cached_open = false;
                 tracing::warn!(
@@ -93,10 +90,9 @@ fn probe(config: &EngineConfig) -> Caps {
              the event loop; mount the root with noatime, or run lair as the files' owner"
         );
     }
-    let exe = CString::from(c"/proc/self/exe");
-    let file = from_root.or_else(|| os::open_absolute(&exe).ok());
+    let file = from_root.or_else(|| os::open_absolute(c"/proc/self/exe").ok());
     if let Some(file) = &file {
-        if let Err(e) = os::range_cached(file, 0, 1, None) {
+        if let Err(e) = os::range_cached(file, 0, 1) {
             caps.cachestat = false;
             tracing::warn!(
                 "lazy: cachestat(2) failed ({e}; needs Linux 6.5): sendfile always goes to a helper thread"

@@ -170,9 +170,7 @@ pub(crate) fn stat(file: &OwnedFd) -> io::Result<FileStat> {
     Ok(FileStat {
         len_bytes: u64::try_from(st.st_size).unwrap_or(0),
         ino: st.st_ino,
-        dev: st.st_dev,
         modified: UNIX_EPOCH + Duration::new(secs, nsec),
-        modified_nsec: nsec,
         file_type,
     })
 }
@@ -245,18 +243,10 @@ struct Cachestat {
 }
 
 /// Whether every page of `[offset, offset + len)` is in the page cache (`cachestat(2)`).
-/// A range past the end of the file counts only its pages inside the file.
-pub(crate) fn range_cached(
-    file: &OwnedFd,
-    offset: u64,
-    len: u64,
-    file_len: Option<u64>,
-) -> io::Result<bool> {
+/// Pages past the end of the file are never cached, so callers ask only for ranges inside it.
+pub(crate) fn range_cached(file: &OwnedFd, offset: u64, len: u64) -> io::Result<bool> {
     const PAGE: u64 = 4096;
-    let end = match file_len {
-        Some(l) => (offset + len).min(l),
-        None => offset + len,
-    };
+    let end = offset + len;
     if end <= offset {
         return Ok(true);
     }
