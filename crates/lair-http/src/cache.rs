@@ -94,16 +94,15 @@ impl FileCache {
         if !self.enabled() {
             return None;
         }
-        let fresh = self
-            .map
-            .get(key)
-            .is_some_and(|e| now.duration_since(e.opened) < self.ttl);
-        if fresh {
-            self.hits += 1;
-            self.map.get(key)
-        } else {
-            self.misses += 1;
-            None
+        match self.map.get(key) {
+            Some(e) if now.duration_since(e.opened) < self.ttl => {
+                self.hits += 1;
+                Some(e)
+            }
+            _ => {
+                self.misses += 1;
+                None
+            }
         }
     }
 

@@ -696,30 +696,15 @@ impl Conn {
 fn open_status(e: &io::Error) -> u16 {
     match e.raw_os_error() {
         Some(
-            libc_errno::ENOENT
-            | libc_errno::ENOTDIR
-            | libc_errno::ELOOP
-            | libc_errno::EXDEV
-            | libc_errno::ENAMETOOLONG
-            | libc_errno::ENXIO,
+            libc::ENOENT
+            | libc::ENOTDIR
+            | libc::ELOOP
+            | libc::EXDEV
+            | libc::ENAMETOOLONG
+            | libc::ENXIO,
         ) => 404,
-        Some(libc_errno::EACCES | libc_errno::EPERM) => 403,
-        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOMEM) => 503,
+        Some(libc::EACCES | libc::EPERM) => 403,
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => 503,
         _ => 500,
     }
-}
-
-/// The errno values lair-http distinguishes (Linux numbering; lair targets Linux only).
-mod libc_errno {
-    pub const EPERM: i32 = 1;
-    pub const ENOENT: i32 = 2;
-    pub const ENXIO: i32 = 6;
-    pub const ENOMEM: i32 = 12;
-    pub const EACCES: i32 = 13;
-    pub const EXDEV: i32 = 18;
-    pub const ENOTDIR: i32 = 20;
-    pub const ENFILE: i32 = 23;
-    pub const EMFILE: i32 = 24;
-    pub const ENAMETOOLONG: i32 = 36;
-    pub const ELOOP: i32 = 40;
 }

@@ -258,7 +258,7 @@ impl<B: Backend> Worker<B> {
                     );
                 }
             }
-            (Err(e), _) if e.raw_os_error() == Some(libc_ecanceled()) => {}
+            (Err(e), _) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             (Err(e), _) => tracing::debug!("worker {}: accept: {e}", self.id),
             (Ok(_), _) => {}
         }
@@ -482,9 +482,8 @@ impl<B: Backend> Worker<B> {
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12)) // ENFILE, EMFILE, ENOBUFS, ENOMEM
-}
-
-fn libc_ecanceled() -> i32 {
-    125
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENFILE | libc::EMFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
