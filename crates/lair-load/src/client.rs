@@ -68,6 +68,8 @@ struct Loop<'a, B: Backend> {
     inline: Vec<Completion>,
     /// Whether any connect of this thread ever succeeded.
     connected_once: bool,
+    /// Connections in `State::Done`; the thread ends when all are.
+    finished: usize,
 }
 
 fn token(idx: usize, gen: u32) -> Token {
@@ -127,6 +129,7 @@ pub(crate) fn run_thread(
         },
         inline: Vec::new(),
         connected_once: false,
+        finished: 0,
     };
     l.run()?;
     Ok(l.tally)
@@ -146,7 +149,7 @@ impl<B: Backend> Loop<'_, B> {
                 self.drain_inline();
                 next_tick = now + Duration::from_millis(5);
             }
-            if self.conns.iter().all(|c| c.state == State::Done) {
+            if self.finished == self.conns.len() {
                 break;
             }
             let wait = next_tick.saturating_duration_since(now);
@@ -231,14 +234,23 @@ impl<B: Backend> Loop<'_, B> {
         }
     }
 
+    /// This connection is done for the run: close it and count it.
+    fn finish(&mut self, idx: usize) {
+        if self.conns[idx].state == State::Done {
+            return;
+        }
+        self.conns[idx].state = State::Done;
+        self.finished += 1;
+        if let Some(sock) = self.conns[idx].sock.take() {
+            let _ = self.engine.submit(token(idx, 0), Op::Close { fd: sock });
+        }
+    }
+
     /// Send the next request, unless the run's request budget is spent.
     fn send_next(&mut self, idx: usize) {
         if let Stop::Requests(n) = self.cfg.stop {
             if self.issued.fetch_add(1, Ordering::Relaxed) >= n {
-                self.conns[idx].state = State::Done;
-                if let Some(sock) = self.conns[idx].sock.take() {
-                    let _ = self.engine.submit(token(idx, 0), Op::Close { fd: sock });
-                }
+                self.finish(idx);
                 return;
             }
         }
@@ -302,8 +314,8 @@ impl<B: Backend> Loop<'_, B> {
                     self.tally.errors.connect += 1;
                     if !self.connected_once && self.tally.errors.connect >= CONNECT_GIVE_UP {
                         // Nothing listens there: stop instead of retrying forever.
-                        for c in &mut self.conns {
-                            c.state = State::Done;
+                        for i in 0..self.conns.len() {
+                            self.finish(i);
                         }
                         return;
                     }
