@@ -6,7 +6,9 @@
 # drift of the machine hits all servers alike. Reported per cell: median and spread (min-max)
 # of req/s, MB/s, and the server's CPU time per request (utime+stime from /proc/PID/stat
 # before and after the cell) — on two cores wrk often saturates its core first, and then CPU
-# per request is what tells servers apart.
+# per request is what tells servers apart. The server's user and system time are recorded
+# apart (the kernel's TCP path is most of a small request), and so is the client's own CPU
+# (from /usr/bin/time), which shows when wrk, not the server, is the bottleneck.
 #
 #   scripts/bench-peers.sh                 full matrix: 1k/16k/1m x 10/100/1000 conns x 3 runs, 5 s each
 #   QUICK=1 scripts/bench-peers.sh         1 run, 2 s cells (a smoke test, not a result)
@@ -25,8 +27,8 @@ SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
 if [ "${QUICK:-0}" = 1 ]; then DURATION=2; RUNS=1; fi
 
-for tool in wrk nginx lighttpd taskset python3; do
-  command -v "$tool" >/dev/null || { echo "bench-peers: $tool is missing (apt-get install wrk nginx-light lighttpd util-linux python3)" >&2; exit 2; }
+for tool in wrk nginx lighttpd taskset python3 /usr/bin/time; do
+  command -v "$tool" >/dev/null || { echo "bench-peers: $tool is missing (apt-get install wrk nginx-light lighttpd util-linux python3 time)" >&2; exit 2; }
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -98,17 +100,18 @@ for s in $SERVERS; do
   curl -sf -o /dev/null "http://127.0.0.1:${port[$s]}/1k.bin" || { echo "bench-peers: $s did not start" >&2; exit 1; }
 done
 
-# utime+stime in clock ticks of a process and its children (nginx's worker).
+# "utime stime" in clock ticks of a process and its children (nginx's worker).
 cpu_ticks() {
-  local total=0 p
+  local user=0 sys=0 p
   for p in $1 $(pgrep -P "$1" || true); do
     [ -r "/proc/$p/stat" ] || continue
     local f
     f=$(sed 's/.*) //' "/proc/$p/stat")
     set -- $f
-    total=$((total + ${12} + ${13}))
+    user=$((user + ${12}))
+    sys=$((sys + ${13}))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 HZ=$(getconf CLK_TCK)
 
@@ -122,7 +125,7 @@ HZ=$(getconf CLK_TCK)
   echo "command: DURATION=$DURATION RUNS=$RUNS SIZES='$SIZES' CONNS='$CONNS' scripts/bench-peers.sh"
 } > "$out/env.txt"
 
-echo "run,size,conns,server,requests,bytes,duration_us,errors,non2xx,p50_us,p99_us,cpu_ticks,hz" > "$out/raw.csv"
+echo "run,size,conns,server,requests,bytes,duration_us,errors,non2xx,p50_us,p99_us,cpu_ticks,hz,user_ticks,sys_ticks,client_cpu_s" > "$out/raw.csv"
 total=$((RUNS * $(wc -w <<<"$SIZES") * $(wc -w <<<"$CONNS") * $(wc -w <<<"$SERVERS")))
 n=0
 for run in $(seq 1 "$RUNS"); do
@@ -131,16 +134,20 @@ for run in $(seq 1 "$RUNS"); do
       for s in $SERVERS; do
         n=$((n + 1))
         url="http://127.0.0.1:${port[$s]}/$size.bin"
-        c0=$(cpu_ticks "${pid[$s]}")
-        line=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 10s \
-          -s scripts/wrk-report.lua "$url" | grep '^WRKJSON ' | cut -d' ' -f2-)
-        c1=$(cpu_ticks "${pid[$s]}")
-        python3 - "$run" "$size" "$conns" "$s" "$((c1 - c0))" "$HZ" "$line" >> "$out/raw.csv" <<'PY'
+        read -r u0 s0 < <(cpu_ticks "${pid[$s]}")
+        line=$(/usr/bin/time -f '%U %S' -o "$work/client-time" taskset -c "$CLIENT_CPU" \
+          wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 10s -s scripts/wrk-report.lua "$url" |
+          grep '^WRKJSON ' | cut -d' ' -f2-)
+        read -r u1 s1 < <(cpu_ticks "${pid[$s]}")
+        client=$(awk '{print $1 + $2}' "$work/client-time")
+        python3 - "$run" "$size" "$conns" "$s" "$((u1 - u0))" "$((s1 - s0))" "$HZ" "$client" "$line" \
+          >> "$out/raw.csv" <<'PY'
 import json, sys
-run, size, conns, server, ticks, hz, line = sys.argv[1:]
+run, size, conns, server, user, sys_, hz, client, line = sys.argv[1:]
 j = json.loads(line)
 print(",".join(map(str, [run, size, conns, server, j["requests"], j["bytes"], j["duration_us"],
-    j["errors"], j["non2xx"], j["p50_us"], j["p99_us"], ticks, hz])))
+    j["errors"], j["non2xx"], j["p50_us"], j["p99_us"], int(user) + int(sys_), hz, user, sys_,
+    client])))
 PY
         printf '\r[%d/%d] run %d %s %s conns %-10s' "$n" "$total" "$run" "$size" "$conns" "$s" >&2
       done
@@ -158,10 +165,14 @@ cells = {}
 for r in rows:
     d = int(r["duration_us"]) / 1e6
     req = int(r["requests"])
-    m = cells.setdefault((r["size"], int(r["conns"]), r["server"]), {"rps": [], "mbs": [], "cpu": [], "p99": [], "err": 0})
+    m = cells.setdefault((r["size"], int(r["conns"]), r["server"]),
+                         {"rps": [], "mbs": [], "cpu": [], "user": [], "client": [], "p99": [], "err": 0})
     m["rps"].append(req / d)
     m["mbs"].append(int(r["bytes"]) / d / 1e6)
     m["cpu"].append(int(r["cpu_ticks"]) / int(r["hz"]) / max(req, 1) * 1e6)
+    if r.get("user_ticks"):  # runs before these columns existed lack them
+        m["user"].append(int(r["user_ticks"]) / int(r["hz"]) / max(req, 1) * 1e6)
+        m["client"].append(float(r["client_cpu_s"]) / d * 100)
     m["p99"].append(int(r["p99_us"]) / 1000)
     m["err"] += int(r["errors"]) + int(r["non2xx"])
 def fmt(xs, f="{:.0f}"):
@@ -171,14 +182,17 @@ order = {"1k": 0, "16k": 1, "1m": 2}
 servers = sorted({k[2] for k in cells}, key=lambda s: (not s.startswith("lair"), s))
 print("# bench-peers\n")
 print("```\n" + env.strip() + "\n```\n")
-print("Median of the runs, (min–max) in brackets. CPU µs/req = server utime+stime per request.\n")
-print("| size | conns | server | req/s | MB/s | CPU µs/req | p99 ms | errors |")
-print("|---|---:|---|---:|---:|---:|---:|---:|")
+print("Median of the runs, (min–max) in brackets. CPU µs/req = server utime+stime per request,")
+print("of which user µs/req in user space; client CPU % = wrk's utime+stime over the run.\n")
+print("| size | conns | server | req/s | MB/s | CPU µs/req | user µs/req | client CPU % | p99 ms | errors |")
+print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 for (size, conns) in sorted({(k[0], k[1]) for k in cells}, key=lambda k: (order.get(k[0], 9), k[1])):
     for s in servers:
         m = cells.get((size, conns, s))
         if not m: continue
-        print(f"| {size} | {conns} | {s} | {fmt(m['rps'])} | {fmt(m['mbs'], '{:.1f}')} | {fmt(m['cpu'], '{:.1f}')} | {fmt(m['p99'], '{:.2f}')} | {m['err']} |")
+        user = fmt(m["user"], "{:.2f}") if m["user"] else "—"
+        client = fmt(m["client"]) if m["client"] else "—"
+        print(f"| {size} | {conns} | {s} | {fmt(m['rps'])} | {fmt(m['mbs'], '{:.1f}')} | {fmt(m['cpu'], '{:.1f}')} | {user} | {client} | {fmt(m['p99'], '{:.2f}')} | {m['err']} |")
 peers = [s for s in servers if not s.startswith("lair")]
 if "lair-lazy" in servers and peers:
     print("\n## lair lazy against the better peer in each cell\n")
