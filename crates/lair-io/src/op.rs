@@ -50,6 +50,9 @@ pub enum Op {
     Connect {
         /// Where to.
         addr: SocketAddr,
+        /// `SO_RCVBUF` for the new socket, set before the handshake so the advertised window
+        /// stays that small (a slow client); `None`: the kernel's default (autotuned).
+        recv_buffer: Option<usize>,
         /// The socket while the handshake is in progress (set by the engine; submit `None`).
         sock: Option<SharedFd>,
     },

@@ -299,13 +299,21 @@ fn accept_parks_on_the_listener() {
     for_each_backend(|k| with_backend(k, &EngineConfig::default(), Accepts).unwrap());
 }
 
+fn connect_op(addr: std::net::SocketAddr, recv_buffer: Option<usize>) -> Op {
+    Op::Connect {
+        addr,
+        recv_buffer,
+        sock: None,
+    }
+}
+
 struct Connects;
 impl WithBackend for Connects {
     type Output = ();
     fn run<B: Backend>(self, mut b: B) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let c = run(&mut b, 1, Op::Connect { addr, sock: None });
+        let c = run(&mut b, 1, connect_op(addr, None));
         let Out::Conn(fd, Some(peer)) = c.out else {
             panic!("connect: {:?}", c.result)
         };
@@ -328,12 +336,38 @@ impl WithBackend for Connects {
         assert_eq!(&got, b"hi");
         // Nobody listens here any more: refused, as a completion, not a panic or a hang.
         drop(l);
-        let c = run(&mut b, 3, Op::Connect { addr, sock: None });
+        let c = run(&mut b, 3, connect_op(addr, None));
         assert_eq!(
             c.result.unwrap_err().kind(),
             std::io::ErrorKind::ConnectionRefused
         );
         assert_eq!(b.counters().op(OpKind::Connect).submitted, 2);
+
+        // Many refusals in a row, several in flight at once: each socket number comes back
+        // at once, and a slot left registered by a failed handshake must not swallow the
+        // next socket's events (it did: the load generator's open loop hung on them).
+        let mut pending = 0;
+        for t in 0..2000u64 {
+            match b.submit(Token(100 + t), connect_op(addr, Some(4096))) {
+                Submit::Done(c) => assert!(c.result.is_err()),
+                Submit::Pending => pending += 1,
+            }
+            if t % 8 == 7 {
+                let mut done = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while pending > 0 {
+                    b.poll(&mut done, Some(Duration::from_millis(100))).unwrap();
+                    for c in done.drain(..) {
+                        assert!(c.result.is_err(), "connect to a closed port succeeded");
+                        pending -= 1;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{pending} refused connects never completed"
+                    );
+                }
+            }
+        }
     }
 }
 

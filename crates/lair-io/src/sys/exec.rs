@@ -65,16 +65,22 @@ fn unsupported(e: &io::Error) -> bool {
 pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
     let nowait = wait == Wait::NoWait;
     match op {
-        Op::Connect { addr, sock: None } => match os::connect_start(addr) {
+        Op::Connect {
+            addr,
+            recv_buffer,
+            sock: None,
+        } => match os::connect_start(addr, recv_buffer) {
             Ok((fd, true)) => Step::Done(Ok(0), Out::Conn(fd, Some(addr))),
             Ok((fd, false)) => Step::WouldBlock(Op::Connect {
                 addr,
+                recv_buffer,
                 sock: Some(Arc::new(fd)),
             }),
             Err(e) => Step::Done(Err(e), Out::None),
         },
         Op::Connect {
             addr,
+            recv_buffer,
             sock: Some(sock),
         } => match os::connect_finished(&sock) {
             Ok(true) => match Arc::try_unwrap(sock) {
@@ -84,6 +90,7 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             },
             Ok(false) => Step::WouldBlock(Op::Connect {
                 addr,
+                recv_buffer,
                 sock: Some(sock),
             }),
             Err(e) => Step::Done(Err(e), Out::None),

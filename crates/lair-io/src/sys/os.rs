@@ -52,7 +52,10 @@ pub(crate) fn accept(listener: &OwnedFd) -> io::Result<(OwnedFd, Option<SocketAd
 /// A non-blocking TCP socket connecting to `addr`: `Ok((fd, true))` if connected at once,
 /// `Ok((fd, false))` while the handshake is in progress (wait for writability, then
 /// [`connect_finished`]).
-pub(crate) fn connect_start(addr: SocketAddr) -> io::Result<(OwnedFd, bool)> {
+pub(crate) fn connect_start(
+    addr: SocketAddr,
+    recv_buffer: Option<usize>,
+) -> io::Result<(OwnedFd, bool)> {
     let family = match addr {
         SocketAddr::V4(_) => rnet::AddressFamily::INET,
         SocketAddr::V6(_) => rnet::AddressFamily::INET6,
@@ -65,6 +68,10 @@ pub(crate) fn connect_start(addr: SocketAddr) -> io::Result<(OwnedFd, bool)> {
     )
     .map_err(io_err)?;
     let _ = rnet::sockopt::set_tcp_nodelay(&fd, true);
+    if let Some(bytes) = recv_buffer {
+        // Before connect: the window scale is fixed in the SYN.
+        rnet::sockopt::set_socket_recv_buffer_size(&fd, bytes).map_err(io_err)?;
+    }
     match rnet::connect(&fd, &addr) {
         Ok(()) => Ok((fd, true)),
         Err(Errno::INPROGRESS) => Ok((fd, false)),

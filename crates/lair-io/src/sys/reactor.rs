@@ -302,8 +302,19 @@ impl<P: Policy> Readiness<P> {
             helped,
         } = job;
         let kind = op.kind();
+        // A connect's socket belongs to the engine until it completes: then it is closed
+        // (failure) or handed out under a new owner (success). Either way the slot must not
+        // vouch for it any more, or a new socket with the same number (and, by allocator
+        // chance, the same `Arc` address) would be taken as registered and never hear again.
+        let connecting = match &op {
+            Op::Connect { sock: Some(s), .. } => usize::try_from(s.as_raw_fd()).ok(),
+            _ => None,
+        };
         match self.policy.start(op) {
             Step::Done(result, out) => {
+                if let Some(slot) = connecting.and_then(|fd| self.slots.get_mut(fd)) {
+                    *slot = Slot::default();
+                }
                 self.counters.op_mut(kind).errors += u64::from(result.is_err());
                 done.push(Completion::new(token, kind, result, out));
             }
