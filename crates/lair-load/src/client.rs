@@ -1,10 +1,16 @@
-//! One client thread: an event loop over its own engine, driving a set of connections in a
-//! closed loop.
+//! One client thread: an event loop over its own engine, driving its connections.
 //!
-//! Each connection cycles Connecting → Sending → Receiving → (next request) and is reopened
-//! after a failure or a `Connection: close`. A response is complete when its head is parsed and
+//! Closed loop: a fixed set of connections, each cycling Connecting → Sending → Receiving →
+//! (next request), reopened after a failure or a `Connection: close`. Open loop: a slot per
+//! arrival, taken from a free list when the arrival is due, released (closed) after its one
+//! response or its failure. A response is complete when its head is parsed and
 //! `Content-Length` body bytes have arrived (or, without a length, when the server closes);
-//! body bytes are counted and dropped, so the receive buffer never grows past one read.
+//! body bytes are counted (and hashed when a manifest asks) and dropped, so the receive buffer
+//! never grows past one read.
+//!
+//! Slow clients read at most `bytes_per_s`: after each read the connection sleeps until its
+//! budget allows the next (`State::Throttled`), and each read is capped to a twentieth of a
+//! second's worth, so the rate is smooth rather than one big read and a long pause.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +19,7 @@ use std::time::{Duration, Instant};
 use lair_io::sys::sync::SyncBackend;
 use lair_io::{setup, Backend, Completion, EngineConfig, Op, Out, SharedFd, Submit, Token};
 
-use crate::{Error, LoadConfig, Stop, Tally};
+use crate::{Error, LoadConfig, Mode, Progress, Stop, Tally};
 
 /// Room for one receive.
 const RECV_BYTES: usize = 64 * 1024;
@@ -21,17 +27,33 @@ const RECV_BYTES: usize = 64 * 1024;
 const MAX_HEAD: usize = 64 * 1024;
 /// Pause before reconnecting after a failed connect.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
-/// Failed connects, with none ever succeeding, after which a thread gives up.
+/// Failed connects, with none ever succeeding, after which a closed-loop thread gives up.
 const CONNECT_GIVE_UP: u64 = 100;
+/// How often timeouts, reconnects, throttled reads and progress are looked at.
+const TICK: Duration = Duration::from_millis(5);
+
+/// What the threads of one run share.
+pub(crate) struct Shared<'a> {
+    /// Requests started (closed loop with a request budget).
+    pub issued: &'a AtomicU64,
+    /// Next path (closed loop, round robin).
+    pub cursor: &'a AtomicU64,
+    pub progress: &'a Progress,
+    pub started: Instant,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Waiting to (re)connect at a time.
+    /// Open loop: the slot is unused.
+    Free,
+    /// Closed loop: waiting to (re)connect at a time.
     Backoff(Instant),
     Connecting,
     Sending,
     Receiving,
-    /// Finished (the run's end).
+    /// A slow client waiting until its read budget allows the next read.
+    Throttled(Instant),
+    /// Closed loop: finished for the run.
     Done,
 }
 
@@ -45,6 +67,7 @@ struct Conn {
     /// Index of the request in flight in `LoadConfig::paths`.
     path: usize,
     body_bytes: u64,
+    /// Latency and timeout origin: the send (closed loop) or the scheduled arrival (open).
     sent_at: Instant,
     head_bytes: usize,
     status: u16,
@@ -52,24 +75,69 @@ struct Conn {
     body_left: Option<u64>,
     head_done: bool,
     close_after: bool,
+    /// CRC-32 of the body so far, when the manifest gives one for this path.
+    crc: Option<crc32fast::Hasher>,
+    /// Slow client: the earliest time of the next read.
+    next_read: Instant,
+}
+
+impl Conn {
+    fn new(now: Instant, state: State) -> Conn {
+        Conn {
+            sock: None,
+            state,
+            gen: 1,
+            wbuf: Vec::with_capacity(256),
+            wsent: 0,
+            rbuf: Vec::with_capacity(RECV_BYTES),
+            path: 0,
+            body_bytes: 0,
+            sent_at: now,
+            head_bytes: 0,
+            status: 0,
+            body_left: None,
+            head_done: false,
+            close_after: false,
+            crc: None,
+            next_read: now,
+        }
+    }
+}
+
+/// Open-loop arrivals of this thread: global indices `t, t + T, t + 2T, …`.
+struct Arrivals {
+    next: u64,
+    step: u64,
+    /// Arrivals stop at this index (exclusive), if bounded by count.
+    limit: Option<u64>,
+    /// …or at this offset from the start.
+    until: Option<Duration>,
 }
 
 struct Loop<'a, B: Backend> {
     cfg: &'a LoadConfig,
     engine: B,
     conns: Vec<Conn>,
+    /// Open loop: unused slots.
+    free: Vec<usize>,
+    /// Open loop: slots in use.
+    open: usize,
+    max_open: usize,
+    arrivals: Option<Arrivals>,
     tally: Tally,
-    issued: &'a AtomicU64,
-    cursor: &'a AtomicU64,
+    shared: &'a Shared<'a>,
     requests: Vec<Vec<u8>>,
+    /// Closed loop with a duration: the end.
     end: Option<Instant>,
     /// Completions of operations that finished inline, handled by the loop (not recursively,
     /// which would grow the stack with every request answered before it was awaited).
     inline: Vec<Completion>,
     /// Whether any connect of this thread ever succeeded.
     connected_once: bool,
-    /// Connections in `State::Done`; the thread ends when all are.
+    /// Closed loop: connections in `State::Done`; the thread ends when all are.
     finished: usize,
+    /// Responses and failures already added to the shared progress.
+    reported: (u64, u64),
 }
 
 fn token(idx: usize, gen: u32) -> Token {
@@ -78,11 +146,9 @@ fn token(idx: usize, gen: u32) -> Token {
 
 pub(crate) fn run_thread(
     cfg: &LoadConfig,
-    count: usize,
+    t: usize,
     cpu: Option<usize>,
-    issued: &AtomicU64,
-    cursor: &AtomicU64,
-    started: Instant,
+    shared: &Shared<'_>,
 ) -> Result<Tally, Error> {
     if let Some(cpu) = cpu {
         // Best effort: an unavailable CPU leaves the thread unpinned.
@@ -98,65 +164,134 @@ pub(crate) fn run_thread(
         .map(|p| format!("GET {p} HTTP/1.1\r\nHost: {}\r\n\r\n", cfg.host).into_bytes())
         .collect();
     let now = Instant::now();
+    let threads = cfg.threads as u64;
+    let (conns, arrivals) = match cfg.mode {
+        Mode::Closed => {
+            let first = cfg.connections * t / cfg.threads;
+            let count = cfg.connections * (t + 1) / cfg.threads - first;
+            let conns = (0..count).map(|_| Conn::new(now, State::Backoff(now)));
+            (conns.collect(), None)
+        }
+        Mode::Rate(_) | Mode::Timed { .. } => {
+            let (mut limit, until) = match cfg.stop {
+                Stop::Requests(n) => (Some(n), None),
+                Stop::After(d) => (None, Some(d)),
+            };
+            if matches!(cfg.mode, Mode::Timed { .. }) {
+                let len = cfg.paths.len() as u64;
+                limit = Some(limit.map_or(len, |n| n.min(len)));
+            }
+            let a = Arrivals {
+                next: t as u64,
+                step: threads,
+                limit,
+                until,
+            };
+            (Vec::new(), Some(a))
+        }
+    };
     let mut l = Loop {
         cfg,
         engine,
-        conns: (0..count)
-            .map(|_| Conn {
-                sock: None,
-                state: State::Backoff(now),
-                gen: 1,
-                wbuf: Vec::with_capacity(256),
-                wsent: 0,
-                rbuf: Vec::with_capacity(RECV_BYTES),
-                path: 0,
-                body_bytes: 0,
-                sent_at: now,
-                head_bytes: 0,
-                status: 0,
-                body_left: None,
-                head_done: false,
-                close_after: false,
-            })
-            .collect(),
+        conns,
+        free: Vec::new(),
+        open: 0,
+        max_open: (cfg.max_open / cfg.threads).max(1),
+        arrivals,
         tally: Tally::new(),
-        issued,
-        cursor,
+        shared,
         requests,
-        end: match cfg.stop {
-            Stop::After(d) => Some(started + d),
-            Stop::Requests(_) => None,
+        end: match (cfg.mode, cfg.stop) {
+            (Mode::Closed, Stop::After(d)) => Some(shared.started + d),
+            _ => None,
         },
         inline: Vec::new(),
         connected_once: false,
         finished: 0,
+        reported: (0, 0),
     };
     l.run()?;
+    l.flush_progress();
     Ok(l.tally)
 }
 
 impl<B: Backend> Loop<'_, B> {
+    fn closed(&self) -> bool {
+        self.cfg.mode == Mode::Closed
+    }
+
+    /// The scheduled time of arrival `i`, as an offset from the start.
+    fn arrival_time(&self, i: u64) -> Duration {
+        match self.cfg.mode {
+            Mode::Rate(r) => Duration::from_secs_f64(i as f64 / r),
+            Mode::Timed { speed } => {
+                let ms = self.cfg.times_ms.get(i as usize).copied().unwrap_or(0);
+                Duration::from_secs_f64(ms as f64 / 1000.0 / speed)
+            }
+            Mode::Closed => Duration::ZERO,
+        }
+    }
+
+    /// The next arrival of this thread, if any remain: (index, offset from the start).
+    fn next_arrival(&self) -> Option<(u64, Duration)> {
+        let a = self.arrivals.as_ref()?;
+        if a.limit.is_some_and(|l| a.next >= l) {
+            return None;
+        }
+        let at = self.arrival_time(a.next);
+        if a.until.is_some_and(|u| at >= u) {
+            return None;
+        }
+        Some((a.next, at))
+    }
+
     fn run(&mut self) -> Result<(), Error> {
         let mut done: Vec<Completion> = Vec::with_capacity(256);
         let mut next_tick = Instant::now();
         loop {
             let now = Instant::now();
-            if self.end.is_some_and(|e| now >= e) {
+            if self.end.is_some_and(|e| now >= e)
+                || self.shared.progress.cancel.load(Ordering::Relaxed)
+            {
                 break;
+            }
+            // Open loop: start every arrival that is due.
+            let mut next_arrival = None;
+            while let Some((i, at)) = self.next_arrival() {
+                let due = self.shared.started + at;
+                if due > now {
+                    next_arrival = Some(due);
+                    break;
+                }
+                if let Some(a) = self.arrivals.as_mut() {
+                    a.next += a.step;
+                }
+                self.arrive(i, due, now);
+                self.drain_inline();
             }
             if now >= next_tick {
                 self.tick(now);
                 self.drain_inline();
-                next_tick = now + Duration::from_millis(5);
+                self.flush_progress();
+                next_tick = now + TICK;
             }
-            if self.finished == self.conns.len() {
+            let all_done = if self.closed() {
+                self.finished == self.conns.len()
+            } else {
+                next_arrival.is_none() && self.next_arrival().is_none() && self.open == 0
+            };
+            if all_done {
                 break;
             }
-            let wait = next_tick.saturating_duration_since(now);
-            let wait = self
-                .end
-                .map_or(wait, |e| wait.min(e.saturating_duration_since(now)));
-            self.engine.poll(&mut done, Some(wait))?;
+            let mut wake = next_tick;
+            if let Some(a) = next_arrival {
+                wake = wake.min(a);
+            }
+            if let Some(e) = self.end {
+                wake = wake.min(e);
+            }
+            self.engine
+                .poll(&mut done, Some(wake.saturating_duration_since(now)))?;
             for c in done.drain(..) {
                 self.dispatch(c);
             }
@@ -169,6 +304,42 @@ impl<B: Backend> Loop<'_, B> {
             }
         }
         Ok(())
+    }
+
+    fn flush_progress(&mut self) {
+        let p = self.shared.progress;
+        let now = (self.tally.requests, self.tally.errors.total());
+        p.done.fetch_add(now.0 - self.reported.0, Ordering::Relaxed);
+        p.errors
+            .fetch_add(now.1 - self.reported.1, Ordering::Relaxed);
+        self.reported = now;
+    }
+
+    /// Open loop: arrival `i`, scheduled at `due`, gets a new connection.
+    fn arrive(&mut self, i: u64, due: Instant, now: Instant) {
+        self.tally.offered += 1;
+        let lag = u64::try_from(now.duration_since(due).as_micros()).unwrap_or(u64::MAX);
+        self.tally.max_lag_us = self.tally.max_lag_us.max(lag);
+        if self.open >= self.max_open {
+            self.tally.errors.client_limit += 1;
+            return;
+        }
+        let idx = match self.free.pop() {
+            Some(idx) => idx,
+            None => {
+                self.conns.push(Conn::new(now, State::Free));
+                self.conns.len() - 1
+            }
+        };
+        self.open += 1;
+        self.tally.max_open = self.tally.max_open.max(self.open as u64);
+        let c = &mut self.conns[idx];
+        c.path = match self.cfg.mode {
+            Mode::Timed { .. } => i as usize,
+            _ => (i % self.cfg.paths.len() as u64) as usize,
+        };
+        c.sent_at = due;
+        self.connect(idx);
     }
 
     fn dispatch(&mut self, c: Completion) {
@@ -185,17 +356,18 @@ impl<B: Backend> Loop<'_, B> {
         }
     }
 
-    /// Reconnect what is due, time out what is late.
+    /// Reconnect what is due, time out what is late, resume throttled reads.
     fn tick(&mut self, now: Instant) {
         for i in 0..self.conns.len() {
             match self.conns[i].state {
                 State::Backoff(at) if at <= now => self.connect(i),
-                State::Sending | State::Receiving
+                State::Connecting | State::Sending | State::Receiving | State::Throttled(_)
                     if now.duration_since(self.conns[i].sent_at) > self.cfg.timeout =>
                 {
                     self.tally.errors.timeout += 1;
-                    self.reopen(i, Instant::now());
+                    self.drop_conn(i, now);
                 }
+                State::Throttled(at) if at <= now => self.recv(i),
                 _ => {}
             }
         }
@@ -210,53 +382,77 @@ impl<B: Backend> Loop<'_, B> {
 
     fn connect(&mut self, idx: usize) {
         self.conns[idx].state = State::Connecting;
-        self.conns[idx].sent_at = Instant::now();
+        if self.closed() {
+            self.conns[idx].sent_at = Instant::now();
+        }
         self.submit(
             idx,
             Op::Connect {
                 addr: self.cfg.addr,
+                recv_buffer: self.cfg.slow.recv_buffer,
                 sock: None,
             },
         );
     }
 
-    /// Drop the connection (new generation: its late completions are ignored) and reconnect,
-    /// at once or after `at`.
-    fn reopen(&mut self, idx: usize, at: Instant) {
+    /// Close the socket and start a new generation (late completions of the old one are
+    /// ignored).
+    fn close(&mut self, idx: usize) {
         let c = &mut self.conns[idx];
         c.gen = c.gen.wrapping_add(1).max(1);
         if let Some(sock) = c.sock.take() {
             let _ = self.engine.submit(token(idx, 0), Op::Close { fd: sock });
         }
-        self.conns[idx].state = State::Backoff(at);
-        if at <= Instant::now() {
-            self.connect(idx);
+    }
+
+    /// After a failure or a close: closed loop reconnects (at once or after `at`); open loop
+    /// releases the slot.
+    fn drop_conn(&mut self, idx: usize, at: Instant) {
+        self.close(idx);
+        if self.closed() {
+            self.conns[idx].state = State::Backoff(at);
+            if at <= Instant::now() {
+                self.connect(idx);
+            }
+        } else {
+            self.conns[idx].state = State::Free;
+            self.free.push(idx);
+            self.open -= 1;
         }
     }
 
-    /// This connection is done for the run: close it and count it.
+    /// Closed loop: this connection is done for the run.
     fn finish(&mut self, idx: usize) {
         if self.conns[idx].state == State::Done {
             return;
         }
+        self.close(idx);
         self.conns[idx].state = State::Done;
         self.finished += 1;
-        if let Some(sock) = self.conns[idx].sock.take() {
-            let _ = self.engine.submit(token(idx, 0), Op::Close { fd: sock });
-        }
     }
 
-    /// Send the next request, unless the run's request budget is spent.
+    /// Closed loop: send the next request, unless the run's request budget is spent.
     fn send_next(&mut self, idx: usize) {
         if let Stop::Requests(n) = self.cfg.stop {
-            if self.issued.fetch_add(1, Ordering::Relaxed) >= n {
+            if self.shared.issued.fetch_add(1, Ordering::Relaxed) >= n {
                 self.finish(idx);
                 return;
             }
         }
-        let next = self.cursor.fetch_add(1, Ordering::Relaxed) % self.requests.len() as u64;
+        let next = self.shared.cursor.fetch_add(1, Ordering::Relaxed) % self.requests.len() as u64;
+        self.conns[idx].path = next as usize;
+        self.conns[idx].sent_at = Instant::now();
+        self.begin_request(idx);
+    }
+
+    /// Send the request for `conns[idx].path`.
+    fn begin_request(&mut self, idx: usize) {
+        let checks_crc = self
+            .cfg
+            .expect
+            .get(self.conns[idx].path)
+            .is_some_and(|e| e.crc32.is_some());
         let c = &mut self.conns[idx];
-        c.path = next as usize;
         let req = &self.requests[c.path];
         c.body_bytes = 0;
         c.wbuf.clear();
@@ -267,8 +463,8 @@ impl<B: Backend> Loop<'_, B> {
         c.body_left = None;
         c.head_bytes = 0;
         c.close_after = false;
+        c.crc = checks_crc.then(crc32fast::Hasher::new);
         c.state = State::Sending;
-        c.sent_at = Instant::now();
         self.send(idx);
     }
 
@@ -287,6 +483,12 @@ impl<B: Backend> Loop<'_, B> {
     }
 
     fn recv(&mut self, idx: usize) {
+        let max = match self.cfg.slow.bytes_per_s {
+            Some(rate) => usize::try_from(rate / 20)
+                .unwrap_or(RECV_BYTES)
+                .clamp(256, RECV_BYTES),
+            None => RECV_BYTES,
+        };
         let c = &mut self.conns[idx];
         let Some(sock) = c.sock.clone() else {
             return;
@@ -295,7 +497,7 @@ impl<B: Backend> Loop<'_, B> {
         let op = Op::Recv {
             sock,
             buf: std::mem::take(&mut c.rbuf),
-            max: RECV_BYTES,
+            max,
             // The answer cannot be there yet: wait for readiness instead of a failing read.
             poll_first: true,
         };
@@ -308,18 +510,31 @@ impl<B: Backend> Loop<'_, B> {
                 (Ok(_), Out::Conn(fd, _)) => {
                     self.connected_once = true;
                     self.conns[idx].sock = Some(Arc::new(fd));
-                    self.send_next(idx);
+                    if self.closed() {
+                        self.send_next(idx);
+                    } else {
+                        self.begin_request(idx);
+                    }
                 }
-                _ => {
-                    self.tally.errors.connect += 1;
-                    if !self.connected_once && self.tally.errors.connect >= CONNECT_GIVE_UP {
+                (result, _) => {
+                    let refused = result
+                        .err()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+                    let e = &mut self.tally.errors;
+                    if refused {
+                        e.refused += 1;
+                    } else {
+                        e.connect += 1;
+                    }
+                    let failed = e.refused + e.connect;
+                    if self.closed() && !self.connected_once && failed >= CONNECT_GIVE_UP {
                         // Nothing listens there: stop instead of retrying forever.
                         for i in 0..self.conns.len() {
                             self.finish(i);
                         }
                         return;
                     }
-                    self.reopen(idx, Instant::now() + CONNECT_BACKOFF);
+                    self.drop_conn(idx, Instant::now() + CONNECT_BACKOFF);
                 }
             },
             State::Sending => {
@@ -336,10 +551,7 @@ impl<B: Backend> Loop<'_, B> {
                             self.recv(idx);
                         }
                     }
-                    Err(_) => {
-                        self.tally.errors.reset += 1;
-                        self.reopen(idx, Instant::now());
-                    }
+                    Err(_) => self.fail_reset(idx),
                 }
             }
             State::Receiving => {
@@ -349,14 +561,21 @@ impl<B: Backend> Loop<'_, B> {
                 match c.result {
                     Ok(0) => self.on_eof(idx),
                     Ok(n) => self.on_bytes(idx, n),
-                    Err(_) => {
-                        self.tally.errors.reset += 1;
-                        self.reopen(idx, Instant::now());
-                    }
+                    Err(_) => self.fail_reset(idx),
                 }
             }
-            State::Backoff(_) | State::Done => {}
+            State::Free | State::Backoff(_) | State::Throttled(_) | State::Done => {}
         }
+    }
+
+    fn fail_reset(&mut self, idx: usize) {
+        self.tally.errors.reset += 1;
+        self.drop_conn(idx, Instant::now());
+    }
+
+    fn fail_framing(&mut self, idx: usize) {
+        self.tally.errors.framing += 1;
+        self.drop_conn(idx, Instant::now());
     }
 
     fn on_eof(&mut self, idx: usize) {
@@ -366,8 +585,7 @@ impl<B: Backend> Loop<'_, B> {
             self.conns[idx].close_after = true;
             self.complete(idx);
         } else {
-            self.tally.errors.reset += 1;
-            self.reopen(idx, Instant::now());
+            self.fail_reset(idx);
         }
     }
 
@@ -397,56 +615,59 @@ impl<B: Backend> Loop<'_, B> {
                     }
                     let no_body = c.status == 304 || c.status == 204 || c.status / 100 == 1;
                     if bad {
-                        self.tally.errors.framing += 1;
-                        self.reopen(idx, Instant::now());
-                        return;
+                        return self.fail_framing(idx);
                     }
-                    let c = &mut self.conns[idx];
                     let body_here = (c.rbuf.len() - head_len) as u64;
                     c.body_left = if no_body { Some(0) } else { length };
                     match c.body_left {
-                        Some(want) if body_here > want => {
-                            // More than announced, with nothing asked: not valid framing.
-                            self.tally.errors.framing += 1;
-                            self.reopen(idx, Instant::now());
-                            return;
-                        }
+                        // More than announced, with nothing asked: not valid framing.
+                        Some(want) if body_here > want => return self.fail_framing(idx),
                         Some(want) => c.body_left = Some(want - body_here),
                         None => {}
+                    }
+                    if let Some(h) = c.crc.as_mut() {
+                        h.update(&c.rbuf[head_len..]);
                     }
                     c.head_bytes += body_here as usize;
                     c.body_bytes = body_here;
                     c.rbuf.clear();
                 }
                 Ok(httparse::Status::Partial) if c.rbuf.len() <= MAX_HEAD => {}
-                _ => {
-                    self.tally.errors.framing += 1;
-                    self.reopen(idx, Instant::now());
-                    return;
-                }
+                _ => return self.fail_framing(idx),
             }
         } else {
             c.head_bytes += n;
             c.body_bytes += n as u64;
             if let Some(left) = c.body_left {
                 if n as u64 > left {
-                    self.tally.errors.framing += 1;
-                    self.reopen(idx, Instant::now());
-                    return;
+                    return self.fail_framing(idx);
                 }
                 c.body_left = Some(left - n as u64);
+            }
+            if let Some(h) = c.crc.as_mut() {
+                h.update(&c.rbuf);
             }
             c.rbuf.clear();
         }
         if self.conns[idx].body_left == Some(0) {
             self.complete(idx);
+        } else if let Some(rate) = self.cfg.slow.bytes_per_s {
+            // Spend this read's budget: the next read waits until the rate allows it.
+            let now = Instant::now();
+            let c = &mut self.conns[idx];
+            c.next_read = c.next_read.max(now) + Duration::from_secs_f64(n as f64 / rate as f64);
+            if c.next_read > now {
+                c.state = State::Throttled(c.next_read);
+            } else {
+                self.recv(idx);
+            }
         } else {
             self.recv(idx);
         }
     }
 
     fn complete(&mut self, idx: usize) {
-        let c = &self.conns[idx];
+        let c = &mut self.conns[idx];
         let took = c.sent_at.elapsed();
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         let _ = self.tally.hist.record(us.min(self.tally.hist.high()));
@@ -460,12 +681,17 @@ impl<B: Backend> Loop<'_, B> {
         if !ok {
             self.tally.errors.status += 1;
         }
-        let want = self.cfg.sizes.get(c.path).copied().flatten();
-        if c.status == 200 && want.is_some_and(|w| w != c.body_bytes) {
-            self.tally.errors.size += 1;
+        let crc = c.crc.take().map(crc32fast::Hasher::finalize);
+        if let (200, Some(want)) = (c.status, self.cfg.expect.get(c.path)) {
+            if want.bytes.is_some_and(|w| w != c.body_bytes) {
+                self.tally.errors.size += 1;
+            } else if want.crc32.is_some() && want.crc32 != crc {
+                self.tally.errors.content += 1;
+            }
         }
-        if c.close_after {
-            self.reopen(idx, Instant::now());
+        // Open loop: one request per connection.
+        if c.close_after || !self.closed() {
+            self.drop_conn(idx, Instant::now());
         } else {
             self.send_next(idx);
         }

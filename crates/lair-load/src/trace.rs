@@ -26,7 +26,7 @@ pub struct Trace {
     pub malformed: u64,
 }
 
-fn valid_path(p: &str) -> bool {
+pub(crate) fn valid_path(p: &str) -> bool {
     p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_control() || b == b' ')
 }
 
