@@ -16,6 +16,10 @@ declare -A pkg_of=(
   [id]=coreutils
   [dd]=coreutils         # drop a file from the page cache (iflag=nocache)
   [fincore]=util-linux   # check that it was dropped
+  [nginx]=nginx-light    # the lab's peers (lair lab run … --quick)
+  [lighttpd]=lighttpd
+  [taskset]=util-linux   # the lab pins servers to a CPU
+  [ip]=iproute2          # the lab's slow-client namespaces
 )
 missing=()
 for cmd in "${!pkg_of[@]}"; do

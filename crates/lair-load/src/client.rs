@@ -212,6 +212,7 @@ pub(crate) fn run_thread(
     };
     l.run()?;
     l.flush_progress();
+    l.tally.ended = Some(Instant::now());
     Ok(l.tally)
 }
 

@@ -271,6 +271,8 @@ pub(crate) struct Tally {
     pub errors: Errors,
     pub status: BTreeMap<u16, u64>,
     pub hist: Histogram<u64>,
+    /// When the thread's last connection finished.
+    pub ended: Option<Instant>,
 }
 
 impl Tally {
@@ -286,6 +288,7 @@ impl Tally {
             // 1 µs to 100 s at 3 significant digits; a longer latency is clamped to the max.
             // INVARIANT: these bounds are valid (low >= 1, high >= 2 * low, 3 <= 5 digits).
             hist: Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds"),
+            ended: None,
         }
     }
 }
@@ -336,9 +339,13 @@ pub fn run_with(
                 .map_err(|e| Error::Thread(e.to_string()))?;
             handles.push(h);
         }
+        let mut last_watch = Instant::now();
         while !handles.iter().all(|h| h.is_finished()) {
-            watch(progress);
-            std::thread::sleep(Duration::from_millis(200));
+            if last_watch.elapsed() >= Duration::from_millis(200) {
+                watch(progress);
+                last_watch = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
         watch(progress);
         handles
@@ -347,6 +354,8 @@ pub fn run_with(
             .collect()
     })?;
     let mut total = Tally::new();
+    // A counted run lasts until its last thread finished (not until this thread noticed).
+    let ended = tallies.iter().filter_map(|t| t.ended).max();
     for tally in tallies {
         total.requests += tally.requests;
         total.bytes += tally.bytes;
@@ -363,7 +372,9 @@ pub fn run_with(
     // short) takes as long as it took.
     let elapsed = match cfg.stop {
         Stop::After(d) if !progress.cancel.load(Ordering::Relaxed) => d.as_secs_f64(),
-        _ => started.elapsed().as_secs_f64(),
+        _ => ended
+            .map_or_else(|| started.elapsed(), |e| e.duration_since(started))
+            .as_secs_f64(),
     }
     .max(1e-9);
     let h = &total.hist;

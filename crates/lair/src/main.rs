@@ -1,5 +1,4 @@
-//! The `lair` command: `lair serve` and `lair load` today; `lab` and `micro` join them as
-//! subcommands.
+//! The `lair` command: `lair serve`, `lair load` and `lair lab`.
 //!
 //! Thin on purpose: it parses flags and the TOML config (flags win), sets up logging and
 //! signals, runs the library, and maps errors to exit codes (0 ok, 1 runtime failure, 2 bad
@@ -11,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod lab;
 mod load;
 mod serve;
 
@@ -32,6 +32,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Generate load: N keep-alive connections in a closed loop, every response validated.
     Load(Box<load::LoadArgs>),
+    /// Run declared experiments against lair and its peers; tables and plots out.
+    Lab(Box<lab::LabArgs>),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Load(args) => load::run(*args),
+        Command::Lab(args) => lab::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -160,28 +160,8 @@ struct FileConfig {
     stats_json: Option<PathBuf>,
 }
 
-/// `10s`, `250ms`, `2m`, or a bare number of seconds (fractions allowed).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (try 10s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+/// `10s`, `500ms`, `2m` (one parser for flags, config files and experiment files).
+pub use lair_lab::experiment::parse_duration;
 
 fn file_duration(v: &Option<String>, key: &str) -> Result<Option<Duration>, ConfigError> {
     v.as_deref()

@@ -252,10 +252,17 @@ struct Cachestat {
 /// Whether every page of `[offset, offset + len)` is in the page cache (`cachestat(2)`).
 /// Pages past the end of the file are never cached, so callers ask only for ranges inside it.
 pub(crate) fn range_cached(file: &OwnedFd, offset: u64, len: u64) -> io::Result<bool> {
+    let (cached, pages) = cached_pages(file, offset, len)?;
+    Ok(cached >= pages)
+}
+
+/// Pages of `[offset, offset + len)` in the page cache, and pages in the range
+/// (`cachestat(2)`).
+pub(crate) fn cached_pages(file: &OwnedFd, offset: u64, len: u64) -> io::Result<(u64, u64)> {
     const PAGE: u64 = 4096;
-    let end = offset + len;
+    let end = offset.saturating_add(len);
     if end <= offset {
-        return Ok(true);
+        return Ok((0, 0));
     }
     let first = offset / PAGE;
     let last = end.div_ceil(PAGE);
@@ -279,7 +286,7 @@ pub(crate) fn range_cached(file: &OwnedFd, offset: u64, len: u64) -> io::Result<
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(cs.nr_cache >= last - first)
+    Ok((cs.nr_cache, last - first))
 }
 
 // ---- epoll and eventfd ---------------------------------------------------------------------

@@ -108,3 +108,10 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     }
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
+
+/// Pages of `file` in the page cache and pages in all (`cachestat(2)`, Linux 6.5), for
+/// checking that a cache was really dropped or warmed.
+pub fn cached_pages(file: &OwnedFd) -> io::Result<(u64, u64)> {
+    let len = rfs::fstat(file).map_err(io_err)?.st_size;
+    super::os::cached_pages(file, 0, u64::try_from(len).unwrap_or(0))
+}

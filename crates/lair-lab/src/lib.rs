@@ -1,0 +1,25 @@
+//! lair-lab: the experiment lab — workloads, environments, peers, runs, reports and plots.
+//!
+//! An experiment is a TOML file under `experiments/` ([`experiment`]): servers × workloads ×
+//! client counts × environments × repetitions. [`run::run`] makes the filesets
+//! ([`workload`], [`fileset`]), sets up the environment ([`env`]: cold cache, slow disk, slow
+//! clients, all undone afterwards), starts each server pinned to its CPU ([`servers`]: lair's
+//! backends, nginx, nginx `aio threads`, lighttpd), drives it with `lair-load` clients pinned
+//! to theirs, reads the server's cost from `/proc` ([`proc`]) and its engine counters, and
+//! writes JSON, CSV, a Markdown summary and SVG plots ([`report`]). Access logs of one's own
+//! become workloads through [`clf`].
+//!
+//! The lab changes the system only as root and only in ways it undoes: cgroups and network
+//! namespaces it names after its PID, page-cache state of its own files.
+
+#![forbid(unsafe_code)]
+
+pub mod clf;
+pub mod env;
+pub mod experiment;
+pub mod fileset;
+pub mod proc;
+pub mod report;
+pub mod run;
+pub mod servers;
+pub mod workload;

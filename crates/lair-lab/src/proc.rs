@@ -1,0 +1,153 @@
+//! What a server process cost, from `/proc`: CPU time, context switches, memory.
+//!
+//! A server may be several processes (nginx's master and worker) of several threads (lair's
+//! workers and helpers): a sample sums the whole process tree, and the context switches of
+//! every thread (`/proc/PID/status` reports only the main thread's). Take one sample before
+//! and one after the load, before the server stops: a process that has exited cannot be read.
+
+use serde::Serialize;
+
+/// One reading of a process tree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Sample {
+    /// User CPU, seconds.
+    pub user_s: f64,
+    /// System CPU, seconds.
+    pub system_s: f64,
+    /// Voluntary context switches (blocked: waited for I/O, a lock, an event).
+    pub voluntary_cs: u64,
+    /// Involuntary context switches (preempted).
+    pub involuntary_cs: u64,
+    /// Resident memory now, KiB.
+    pub rss_kib: u64,
+    /// Peak resident memory, KiB (`VmHWM`, summed over processes).
+    pub peak_rss_kib: u64,
+    /// Threads.
+    pub threads: u64,
+}
+
+impl Sample {
+    /// What happened between `before` and `self` (memory: the later reading).
+    pub fn since(&self, before: &Sample) -> Sample {
+        Sample {
+            user_s: self.user_s - before.user_s,
+            system_s: self.system_s - before.system_s,
+            voluntary_cs: self.voluntary_cs.saturating_sub(before.voluntary_cs),
+            involuntary_cs: self.involuntary_cs.saturating_sub(before.involuntary_cs),
+            rss_kib: self.rss_kib,
+            peak_rss_kib: self.peak_rss_kib,
+            threads: self.threads,
+        }
+    }
+}
+
+/// `pid` and its descendants.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(
+                    kids.split_whitespace()
+                        .filter_map(|k| k.parse::<u32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn status_kib(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sample the tree rooted at `pid`; `None` if `pid` is gone.
+pub fn sample(pid: u32) -> Option<Sample> {
+    sample_pids(&tree(pid))
+}
+
+/// Sample one process (all its threads, none of its children).
+pub fn sample_process(pid: u32) -> Option<Sample> {
+    sample_pids(&[pid])
+}
+
+fn sample_pids(pids: &[u32]) -> Option<Sample> {
+    let tick = rustix::param::clock_ticks_per_second() as f64;
+    let mut s = Sample::default();
+    let mut any = false;
+    for &p in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may contain spaces) in parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split(' ').collect();
+        // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+        let num = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        s.user_s += num(14) as f64 / tick;
+        s.system_s += num(15) as f64 / tick;
+        s.threads += num(20);
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        s.rss_kib += status_kib(&status, "VmRSS:");
+        s.peak_rss_kib += status_kib(&status, "VmHWM:");
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let ts = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                s.voluntary_cs += status_kib(&ts, "voluntary_ctxt_switches:");
+                s.involuntary_cs += status_kib(&ts, "nonvoluntary_ctxt_switches:");
+            }
+        }
+        any = true;
+    }
+    any.then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_child_shows_cpu_and_switches() {
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 5",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let before = sample(std::process::id()).unwrap();
+        // The loop takes some CPU; then the shell sleeps (a voluntary switch).
+        let mut after = before;
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            after = sample(pid).unwrap();
+            if after.user_s + after.system_s > 0.0 && after.voluntary_cs > 0 {
+                break;
+            }
+        }
+        assert!(tree(std::process::id()).contains(&pid));
+        assert!(after.user_s + after.system_s > 0.0, "{after:?}");
+        assert!(after.voluntary_cs > 0, "{after:?}");
+        assert!(after.rss_kib > 0 && after.peak_rss_kib >= after.rss_kib);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -1,0 +1,176 @@
+//! `lair lab` end to end: the experiments' --quick variants against real servers, and the
+//! access-log importer feeding a trace experiment.
+
+use std::path::Path;
+use std::process::Command;
+
+fn lair() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lair"));
+    // Experiments are found relative to the repository root.
+    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    c
+}
+
+fn installed(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Run `lair lab run ARGS --quick --out OUT`; the results directory and results.json.
+fn run(out: &Path, args: &[&str]) -> (std::path::PathBuf, serde_json::Value) {
+    let o = lair()
+        .args(["lab", "run"])
+        .args(args)
+        .arg("--quick")
+        .arg("--out")
+        .arg(out)
+        .arg("--data")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/lab-data"
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "lab run {args:?} failed: {stderr}");
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let json = std::fs::read_to_string(dir.join("results.json")).unwrap();
+    (dir, serde_json::from_str(&json).unwrap())
+}
+
+fn check_outputs(dir: &Path, j: &serde_json::Value, rows: usize) {
+    let r = j["rows"].as_array().unwrap();
+    assert_eq!(r.len(), rows, "{j:#}");
+    for row in r {
+        assert_eq!(row["errors"], 0, "validation failed: {row:#}");
+        assert!(row["requests"].as_u64().unwrap() > 0, "{row:#}");
+        // CPU time is counted in 10 ms ticks: a short run may show none.
+        if row["requests"].as_u64().unwrap() >= 20_000 {
+            let user = row["server_user_s"].as_f64().unwrap();
+            assert!(
+                user + row["server_system_s"].as_f64().unwrap() > 0.0,
+                "{row:#}"
+            );
+        }
+    }
+    let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), rows + 1);
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(md.contains("| clients | server | req/s"), "{md}");
+    let plots: Vec<_> = std::fs::read_dir(dir.join("plots"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(!plots.is_empty());
+    for p in plots {
+        let svg = std::fs::read_to_string(p.path()).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("</svg>"),
+            "{}",
+            p.path().display()
+        );
+    }
+    // `lair lab report` rebuilds the same summary from results.json.
+    std::fs::remove_file(dir.join("summary.md")).unwrap();
+    let o = lair().args(["lab", "report"]).arg(dir).output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(std::fs::read_to_string(dir.join("summary.md")).unwrap(), md);
+}
+
+#[test]
+fn peers_quick_validates_every_response() {
+    let out = tempfile::tempdir().unwrap();
+    let mut servers = vec!["lair-sync", "lair-lazy"];
+    for (prog, names) in [
+        ("nginx", ["nginx", "nginx-aio"].as_slice()),
+        ("lighttpd", &["lighttpd"]),
+    ] {
+        if installed(prog) {
+            servers.extend_from_slice(names);
+        } else {
+            eprintln!("{prog} not installed: left out (scripts/test.sh installs it)");
+        }
+    }
+    let list = servers.join(",");
+    let (dir, j) = run(out.path(), &["peers", "--servers", &list]);
+    // Four workloads × one client count × the servers.
+    check_outputs(&dir, &j, 4 * servers.len());
+}
+
+const LOG_LINE: &str = "h - - [01/Aug/1995:00:00:{s:02} -0400] \"GET /{p} HTTP/1.0\" 200 {b}\n";
+
+#[test]
+fn imported_log_replays_through_the_trace_experiment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = String::new();
+    for i in 0..600u32 {
+        let p = format!("d{}/f{}.html", i % 3, (i * 7) % 40);
+        let b = 100 + (i * 7) % 40 * 997;
+        log.push_str(
+            &LOG_LINE
+                .replace("{s:02}", &format!("{:02}", i / 20))
+                .replace("{p}", &p)
+                .replace("{b}", &b.to_string()),
+        );
+    }
+    log.push_str("garbage line\n");
+    std::fs::write(tmp.path().join("access.log"), log).unwrap();
+    let trace = tmp.path().join("trace");
+    let o = lair()
+        .args(["lab", "import"])
+        .arg(tmp.path().join("access.log"))
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("malformed 1"));
+    assert_eq!(
+        std::fs::read_to_string(trace.join("trace.tsv"))
+            .unwrap()
+            .lines()
+            .count(),
+        600
+    );
+
+    let set = format!("trace={}", trace.display());
+    let (dir, j) = run(
+        tmp.path(),
+        &["nasa", "--set", &set, "--servers", "lair-sync,lair-lazy"],
+    );
+    // Two servers × warm and cold; a pass over all 600 requests each.
+    check_outputs(&dir, &j, 4);
+    for row in j["rows"].as_array().unwrap() {
+        assert_eq!(row["requests"], 600);
+        if row["environment"] == "cold" {
+            assert!(row["cached_at_start"].as_f64().unwrap() < 0.05, "{row:#}");
+        }
+    }
+}
+
+#[test]
+fn hol_quick_throttles_the_disk_when_it_can() {
+    if let Err(why) = lair_lab::env::detect_cgroup() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!("skipped: the slow disk needs root");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let (dir, j) = run(out.path(), &["hol", "--servers", "lair-lazy"]);
+    // hot-alone: one group; hol: hot and cold.
+    check_outputs(&dir, &j, 3);
+    let rows = j["rows"].as_array().unwrap();
+    let cold = rows.iter().find(|r| r["group"] == "cold").unwrap();
+    assert!(cold["disk_reads"].as_u64().unwrap() > 0, "{cold:#}");
+    assert!(cold["cached_at_start"].as_f64().unwrap() < 0.05, "{cold:#}");
+    // No cgroup or namespace of ours is left behind.
+    assert!(!std::fs::read_dir("/sys/fs/cgroup/blkio")
+        .map(|d| d
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("lair-lab-")))
+        .unwrap_or(false));
+}
