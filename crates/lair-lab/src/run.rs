@@ -313,6 +313,8 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
         .join(&x.name)
         .join(stamp(started_at) + if opts.quick { "-quick" } else { "" });
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Absolute, for the same reason as the data directory (config and pid file paths).
+    let dir = std::fs::canonicalize(&dir)?;
     let work = dir.join("work");
     let mut results = Results {
         experiment: x.clone(),

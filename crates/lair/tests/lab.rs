@@ -81,7 +81,7 @@ fn check_outputs(dir: &Path, j: &serde_json::Value, rows: usize) {
 
 #[test]
 fn peers_quick_validates_every_response() {
-    let out = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).unwrap();
     let mut servers = vec!["lair-sync", "lair-lazy"];
     for (prog, names) in [
         ("nginx", ["nginx", "nginx-aio"].as_slice()),
@@ -94,7 +94,13 @@ fn peers_quick_validates_every_response() {
         }
     }
     let list = servers.join(",");
-    let (dir, j) = run(out.path(), &["peers", "--servers", &list]);
+    // A relative --out (resolved against the lab's working directory): peers resolve relative
+    // config paths against their own prefix, so the lab must hand them absolute ones.
+    let repo = std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).unwrap();
+    let abs = std::fs::canonicalize(out.path()).unwrap();
+    let rel = abs.strip_prefix(&repo).unwrap().to_path_buf();
+    assert!(rel.is_relative());
+    let (dir, j) = run(&rel, &["peers", "--servers", &list]);
     // Four workloads × one client count × the servers.
     check_outputs(&dir, &j, 4 * servers.len());
 }
