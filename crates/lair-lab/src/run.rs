@@ -263,17 +263,9 @@ fn prepare(x: &Experiment, data: &Path) -> anyhow::Result<Vec<Prepared>> {
 }
 
 fn parse_size(s: &Option<String>) -> anyhow::Result<Option<u64>> {
-    let Some(s) = s else { return Ok(None) };
-    let t = s.trim().to_ascii_lowercase();
-    let (n, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        _ => (t.as_str(), 1),
-    };
-    let v: u64 = n
-        .parse()
-        .with_context(|| format!("{s:?} is not a size like 4k"))?;
-    Ok(Some(v * mult))
+    s.as_deref()
+        .map(|s| lair_load::parse_bytes(s).map_err(anyhow::Error::msg))
+        .transpose()
 }
 
 /// Run an experiment and write its results; returns the results directory.

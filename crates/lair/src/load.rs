@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use lair_load::{Expect, LoadConfig, Manifest, Mode, Progress, Slow, Stop, Sustained};
+use lair_load::{parse_bytes, Expect, LoadConfig, Manifest, Mode, Progress, Slow, Stop, Sustained};
 
 use crate::serve::{parse_duration, ConfigError};
 
@@ -126,27 +126,6 @@ fn parse_sweep(s: &str) -> Result<Rates, String> {
         r += step;
     }
     Ok(Rates(rates))
-}
-
-/// `4096`, `4k`, `2m`, `1g` (powers of 1024) → bytes.
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = match t.strip_suffix(['k', 'm', 'g']) {
-        Some(n) => (
-            n,
-            match t.as_bytes()[t.len() - 1] {
-                b'k' => 1 << 10,
-                b'm' => 1 << 20,
-                _ => 1 << 30,
-            },
-        ),
-        None => (t.as_str(), 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{s:?} is not a positive size like 4096, 4k or 2m"))
 }
 
 /// `http://host:port/path` → (address, Host value, path).
