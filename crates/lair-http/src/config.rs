@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lair_io::BackendKind;
+use lair_io::{BackendKind, OpSet};
 
 /// Request-size limits; each has a status code when exceeded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +82,8 @@ pub struct ServerConfig {
     pub backend: BackendKind,
     /// Helper threads per worker (bound of the pool).
     pub helpers: usize,
+    /// Which engine operations go through the backend; the rest run directly, as under `sync`.
+    pub laio_ops: OpSet,
     /// Request limits.
     pub limits: Limits,
     /// Timeouts.
@@ -119,6 +121,7 @@ impl ServerConfig {
             pin: false,
             backend: BackendKind::Lazy,
             helpers: 32,
+            laio_ops: OpSet::ALL,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             max_connections: 10_000,

@@ -286,6 +286,7 @@ fn run_worker(
     let engine_cfg = EngineConfig {
         helpers: shared.cfg.helpers,
         probe_dir: Some(Arc::clone(&shared.root)),
+        laio_ops: shared.cfg.laio_ops,
     };
     let kind = shared.cfg.backend;
     let job = Job {

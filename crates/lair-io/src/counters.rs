@@ -22,6 +22,9 @@ pub struct OpCounters {
     pub parked: u64,
     /// Went to a helper thread.
     pub helper: u64,
+    /// Went through the io_uring submission queue (`uring` backend; the kernel ran it inline
+    /// or on its own workers — it does not say which).
+    pub ring: u64,
     /// Finished with an error (cancellations included).
     pub errors: u64,
     /// Sum of helper round-trip times (submit to collection), nanoseconds.
@@ -43,6 +46,7 @@ impl OpCounters {
         self.inline += other.inline;
         self.parked += other.parked;
         self.helper += other.helper;
+        self.ring += other.ring;
         self.errors += other.errors;
         self.helper_ns_total += other.helper_ns_total;
         self.helper_ns_max = self.helper_ns_max.max(other.helper_ns_max);
@@ -106,7 +110,7 @@ impl Counters {
     /// A table for humans, one line per used operation kind.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "engine counters (backend {}, {} wakeups)\n{:<9} {:>12} {:>12} {:>10} {:>10} {:>8} {:>12} {:>12}\n",
+            "engine counters (backend {}, {} wakeups)\n{:<9} {:>12} {:>12} {:>10} {:>10} {:>10} {:>8} {:>12} {:>12}\n",
             self.backend,
             self.wakeups,
             "op",
@@ -114,6 +118,7 @@ impl Counters {
             "inline",
             "parked",
             "helper",
+            "ring",
             "errors",
             "helper mean",
             "helper max"
@@ -129,12 +134,13 @@ impl Counters {
                 "-".into()
             };
             s.push_str(&format!(
-                "{:<9} {:>12} {:>12} {:>10} {:>10} {:>8} {:>12} {:>12}\n",
+                "{:<9} {:>12} {:>12} {:>10} {:>10} {:>10} {:>8} {:>12} {:>12}\n",
                 kind.name(),
                 c.submitted,
                 c.inline,
                 c.parked,
                 c.helper,
+                c.ring,
                 c.errors,
                 mean,
                 max

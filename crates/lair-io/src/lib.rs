@@ -10,7 +10,15 @@
 //! Backends (chosen at start-up with [`BackendKind`], built by [`with_backend`]):
 //! - [`sync`](sys::sync): non-blocking sockets, blocking file calls on the loop (baseline);
 //! - [`lazy`](sys::lazy): every call tried without blocking; only one that would block goes
-//!   to a bounded helper pool.
+//!   to a bounded helper pool;
+//! - [`eager`](sys::eager): every call goes to a helper thread (seed 001's liblaiogen);
+//! - [`hybrid`](sys::hybrid): socket calls on the loop, every disk call to a helper (seed 001,
+//!   Appendix A);
+//! - [`uring`](sys::uring): io_uring — the kernel runs each call inline or on its own workers
+//!   (falls back to `lazy`, with a log line saying why, where io_uring is unavailable).
+//!
+//! [`EngineConfig::laio_ops`] narrows which operations go through a backend at all (seed 001's
+//! ohttpd "networkonly" vs "all").
 //!
 //! What it does not do: HTTP, timers, or policy about what to send — that is lair-http.
 //! All `unsafe` lives in `sys/`.
@@ -25,7 +33,7 @@ pub mod sys;
 
 pub use counters::{Counters, OpCounters};
 pub use op::{
-    Attempt, Call, Completion, FileStat, FileType, Op, OpKind, Out, SharedFd, Submit, Token,
+    Attempt, Call, Completion, FileStat, FileType, Op, OpKind, OpSet, Out, SharedFd, Submit, Token,
 };
 pub use sys::{setup, with_backend, Backend, BackendKind, EngineConfig, Waker, WithBackend};
 
@@ -43,7 +51,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The user named a backend that does not exist.
-    #[error("unknown backend {0:?} (known: sync, lazy)")]
+    #[error("unknown backend {0:?} (known: {known})", known = sys::known_backends())]
     UnknownBackend(String),
 }
 

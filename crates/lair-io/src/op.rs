@@ -336,3 +336,143 @@ pub enum Submit {
     /// Going on in the background; `poll` will deliver its completion.
     Pending,
 }
+
+/// A set of [`OpKind`]s: which operations go through the backend's asynchronous machinery
+/// (seed 001's ohttpd "networkonly" vs "all"). An operation outside the set runs directly on
+/// the loop, as under `sync`: blocking on the disk, sockets still waiting on readiness.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OpSet(u16);
+
+impl OpSet {
+    /// Every operation (the default).
+    pub const ALL: OpSet = OpSet((1 << OpKind::ALL.len()) - 1);
+    /// No operation: every backend behaves like `sync`.
+    pub const NONE: OpSet = OpSet(0);
+    /// The disk-only calls: `open`, `stat`, `read`, `write`.
+    pub const DISK: OpSet = OpSet(
+        1 << OpKind::Open as u16
+            | 1 << OpKind::Stat as u16
+            | 1 << OpKind::Read as u16
+            | 1 << OpKind::Write as u16,
+    );
+    /// Everything but the disk-only calls — seed 001's "networkonly" (which, as its footnote
+    /// says, still includes `sendfile`).
+    pub const NETWORK: OpSet = OpSet(Self::ALL.0 & !Self::DISK.0);
+
+    /// Whether `kind` is in the set.
+    pub fn contains(self, kind: OpKind) -> bool {
+        self.0 & (1 << kind as u16) != 0
+    }
+
+    /// The set with `kind` added.
+    pub fn with(self, kind: OpKind) -> OpSet {
+        OpSet(self.0 | 1 << kind as u16)
+    }
+}
+
+impl Default for OpSet {
+    fn default() -> Self {
+        OpSet::ALL
+    }
+}
+
+impl fmt::Display for OpSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, set) in [
+            ("all", OpSet::ALL),
+            ("network", OpSet::NETWORK),
+            ("disk", OpSet::DISK),
+            ("none", OpSet::NONE),
+        ] {
+            if *self == set {
+                return f.write_str(name);
+            }
+        }
+        let names: Vec<&str> = OpKind::ALL
+            .into_iter()
+            .filter(|k| self.contains(*k))
+            .map(OpKind::name)
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl fmt::Debug for OpSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OpSet({self})")
+    }
+}
+
+impl std::str::FromStr for OpSet {
+    type Err = String;
+    /// `all`, `network`, `disk`, `none`, or a comma list of operation names and groups
+    /// (`open,read`, `network,open`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut set = OpSet::NONE;
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            set.0 |= match part {
+                "all" => OpSet::ALL.0,
+                "network" => OpSet::NETWORK.0,
+                "disk" => OpSet::DISK.0,
+                "none" => 0,
+                name => match OpKind::ALL.into_iter().find(|k| k.name() == name) {
+                    Some(k) => 1 << k as u16,
+                    None => {
+                        let known: Vec<&str> = OpKind::ALL.into_iter().map(OpKind::name).collect();
+                        return Err(format!(
+                            "unknown operation {name:?} (known: all, network, disk, none, {})",
+                            known.join(", ")
+                        ));
+                    }
+                },
+            };
+        }
+        if s.trim().is_empty() {
+            return Err("empty operation set (say `none` for no operation)".into());
+        }
+        Ok(set)
+    }
+}
+
+impl Serialize for OpSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for OpSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_sets_parse_and_print() {
+        assert_eq!("all".parse::<OpSet>().unwrap(), OpSet::ALL);
+        let net: OpSet = "network".parse().unwrap();
+        assert!(net.contains(OpKind::Sendfile) && net.contains(OpKind::Accept));
+        assert!(!net.contains(OpKind::Open) && !net.contains(OpKind::Stat));
+        let s: OpSet = "open, read".parse().unwrap();
+        assert!(s.contains(OpKind::Open) && s.contains(OpKind::Read) && !s.contains(OpKind::Recv));
+        assert_eq!(s.to_string(), "open,read");
+        assert_eq!("network,disk".parse::<OpSet>().unwrap(), OpSet::ALL);
+        assert_eq!(OpSet::NETWORK.to_string(), "network");
+        assert_eq!(
+            OpSet::NETWORK
+                .with(OpKind::Open)
+                .to_string()
+                .parse::<OpSet>(),
+            Ok(OpSet::NETWORK.with(OpKind::Open))
+        );
+        assert!("opne"
+            .parse::<OpSet>()
+            .unwrap_err()
+            .contains("unknown operation \"opne\""));
+        assert!("".parse::<OpSet>().is_err());
+    }
+}

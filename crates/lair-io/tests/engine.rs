@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lair_io::{
     setup, with_backend, Attempt, Backend, BackendKind, Completion, EngineConfig, FileType, Op,
-    OpKind, Out, Submit, Token, WithBackend,
+    OpKind, OpSet, Out, Submit, Token, WithBackend,
 };
 
 /// Submit and, if pending, poll until that token completes (bounded).
@@ -132,14 +132,18 @@ struct Calls;
 impl WithBackend for Calls {
     type Output = ();
     fn run<B: Backend>(self, mut b: B) {
-        // A call that never blocks finishes inline on every backend.
-        let c = run(
-            &mut b,
-            1,
+        // A call that never blocks finishes inline, except where every call goes to a helper.
+        let first = b.submit(
+            Token(1),
             Op::Call(Box::new(|_| Ok(u64::from(std::process::id())))),
         );
+        let c = match (B::NAME, first) {
+            ("sync" | "lazy" | "uring", Submit::Done(c)) => c,
+            ("eager" | "hybrid", Submit::Pending) => wait_for(&mut b, 1),
+            (name, s) => panic!("{name}: unexpected {s:?}"),
+        };
         assert_eq!(c.result.unwrap() as u32, std::process::id());
-        // A call that would block: the lazy backend hands it to a helper, `sync` runs it in place.
+        // A call that would block: `sync` runs it in place, the others on a helper.
         let op = Op::Call(Box::new(|a| match a {
             Attempt::NoWait => Err(std::io::ErrorKind::WouldBlock.into()),
             Attempt::MayBlock => {
@@ -149,15 +153,20 @@ impl WithBackend for Calls {
         }));
         let submitted = b.submit(Token(2), op);
         let c = match (B::NAME, submitted) {
-            ("lazy", Submit::Pending) => wait_for(&mut b, 2),
             ("sync", Submit::Done(c)) => c,
+            (_, Submit::Pending) => wait_for(&mut b, 2),
             (name, s) => panic!("{name}: unexpected {s:?}"),
         };
         assert_eq!(c.result.unwrap(), 7);
         let calls = b.counters().op(OpKind::Call);
         assert_eq!(calls.submitted, 2);
-        if B::NAME == "lazy" {
-            assert_eq!((calls.inline, calls.helper), (1, 1));
+        let expect = match B::NAME {
+            "sync" => (2, 0),
+            "lazy" | "uring" => (1, 1),
+            _ => (0, 2),
+        };
+        assert_eq!((calls.inline, calls.helper), expect, "{}", B::NAME);
+        if B::NAME != "sync" {
             assert!(calls.helper_ns_max >= 20_000_000);
         }
     }
@@ -374,4 +383,52 @@ impl WithBackend for Connects {
 #[test]
 fn connect_completes_or_reports_refusal() {
     for_each_backend(|k| with_backend(k, &EngineConfig::default(), Connects).unwrap());
+}
+
+/// With `laio_ops` narrowed to the network calls, a file open never reaches a helper, even on
+/// the backend that sends everything else to one.
+struct NetworkOnly;
+impl WithBackend for NetworkOnly {
+    type Output = ();
+    fn run<B: Backend>(self, mut b: B) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"x").unwrap();
+        let root = Arc::new(setup::open_dir(dir.path()).unwrap());
+        let open = Op::Open {
+            dir: root,
+            path: CString::new("a.txt").unwrap(),
+            beneath: true,
+        };
+        let Submit::Done(c) = b.submit(Token(1), open) else {
+            panic!("{}: open went to the background", B::NAME)
+        };
+        assert!(matches!(c.out, Out::File(_)));
+        let (sock, mut client) = pair();
+        client.write_all(b"hi").unwrap();
+        let c = run(
+            &mut b,
+            2,
+            Op::Recv {
+                sock,
+                buf: Vec::new(),
+                max: 8,
+                poll_first: false,
+            },
+        );
+        assert_eq!(c.result.unwrap(), 2);
+        let (open, recv) = (b.counters().op(OpKind::Open), b.counters().op(OpKind::Recv));
+        assert_eq!((open.inline, open.helper), (1, 0), "{}", B::NAME);
+        if B::NAME == "eager" {
+            assert_eq!(recv.helper, 1, "eager: the recv still goes to a helper");
+        }
+    }
+}
+
+#[test]
+fn laio_ops_keep_other_operations_on_the_loop() {
+    let cfg = EngineConfig {
+        laio_ops: OpSet::NETWORK,
+        ..EngineConfig::default()
+    };
+    for_each_backend(|k| with_backend(k, &cfg, NetworkOnly).unwrap());
 }

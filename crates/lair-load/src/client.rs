@@ -156,7 +156,7 @@ pub(crate) fn run_thread(
     }
     let engine = SyncBackend::new(&EngineConfig {
         helpers: 1,
-        probe_dir: None,
+        ..EngineConfig::default()
     })?;
     let requests = cfg
         .paths

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use lair_http::{AccessLog, Server, ServerConfig};
-use lair_io::BackendKind;
+use lair_io::{BackendKind, OpSet};
 use serde::Deserialize;
 
 /// A configuration mistake (exit code 2).
@@ -42,8 +42,9 @@ pub struct ServeArgs {
     #[arg(long, short = 'w')]
     workers: Option<usize>,
 
-    /// I/O backend: `lazy` (try without blocking, helpers only for calls that would block) or
-    /// `sync` (block on the disk inside the loop; the baseline). Default lazy.
+    /// I/O backend: `lazy` (try without blocking, helpers only for calls that would block),
+    /// `sync` (block on the disk inside the loop; the baseline), `eager` (every call to a
+    /// helper thread), `hybrid` (sockets on the loop, every disk call to a helper). Default lazy.
     #[arg(long, short = 'b')]
     backend: Option<BackendKind>,
 
@@ -51,9 +52,15 @@ pub struct ServeArgs {
     #[arg(long)]
     pin: bool,
 
-    /// Upper bound of helper threads per worker (lazy backend). Default 32.
+    /// Upper bound of helper threads per worker. Default 32.
     #[arg(long)]
     helpers: Option<usize>,
+
+    /// Which operations go through the backend: `all`, `network` (all but open/stat/read/write:
+    /// seed 001's "networkonly"), `disk`, `none`, or names (`open,read,sendfile`); the others
+    /// run directly on the loop, as under `sync`. Default all.
+    #[arg(long)]
+    laio_ops: Option<OpSet>,
 
     /// Most open connections over all workers; beyond it new ones get 503 and accepting
     /// pauses. Default 10000.
@@ -141,6 +148,7 @@ struct FileConfig {
     backend: Option<BackendKind>,
     pin: Option<bool>,
     helpers: Option<usize>,
+    laio_ops: Option<OpSet>,
     max_connections: Option<usize>,
     max_request_line: Option<usize>,
     max_header_bytes: Option<usize>,
@@ -203,6 +211,7 @@ fn build_config(
     pick!(c.workers, a.workers, f.workers);
     pick!(c.backend, a.backend, f.backend);
     pick!(c.helpers, a.helpers, f.helpers);
+    pick!(c.laio_ops, a.laio_ops, f.laio_ops);
     pick!(c.max_connections, a.max_connections, f.max_connections);
     pick!(
         c.limits.request_line_bytes,
@@ -284,6 +293,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
     }
     let (workers, backend, root) = (cfg.workers, cfg.backend, cfg.root.clone());
+    let laio_ops = cfg.laio_ops;
     let server = Server::bind(cfg).context("cannot start")?;
     let running = server.start()?;
     for a in running.local_addrs() {
@@ -291,7 +301,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("lair: listening on http://{a}");
     }
     tracing::info!(
-        "serving {} with {workers} workers, backend {backend}",
+        "serving {} with {workers} workers, backend {backend}, operations through it: {laio_ops}",
         root.display()
     );
 

@@ -10,7 +10,7 @@
 //! completion pushed after the drain always signals again: no wake-up is lost.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -42,6 +42,9 @@ pub(crate) struct JobMeta {
     pub kind: crate::op::OpKind,
     pub sent: Instant,
     pub parked: bool,
+    /// The descriptor number of a connect's socket: when the connect finishes, the loop must
+    /// forget that number's readiness slot.
+    pub connecting: Option<usize>,
 }
 
 struct Queue {
@@ -156,6 +159,10 @@ fn helper_main(shared: &Shared) {
             kind: job.op.kind(),
             sent: job.sent,
             parked: job.parked,
+            connecting: match &job.op {
+                Op::Connect { sock: Some(s), .. } => usize::try_from(s.as_raw_fd()).ok(),
+                _ => None,
+            },
         };
         let step = exec(job.op, Wait::Block, &mut caps);
         let was_empty = {

@@ -16,7 +16,9 @@
 //! Adding a backend is one new file here implementing [`Backend`] (or a `Policy` on the
 //! readiness reactor) and one arm in [`with_backend`]; nothing in the server changes.
 //!
-//! Only `sys/` may use `unsafe`; today only `os.rs` does (one raw system call).
+//! Only `sys/` may use `unsafe`: `os.rs` (one raw system call, for the readiness backends) and
+//! `uring.rs` (the io_uring backend's submission entries and the descriptors and bytes the
+//! kernel hands back).
 
 use std::fmt;
 use std::os::fd::OwnedFd;
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::counters::Counters;
-use crate::op::{Completion, Op, SharedFd, Submit, Token};
+use crate::op::{Completion, Op, OpSet, SharedFd, Submit, Token};
 use crate::Error;
 
 mod exec;
@@ -34,8 +36,11 @@ pub(crate) mod os;
 mod reactor;
 pub mod setup;
 
+pub mod eager;
+pub mod hybrid;
 pub mod lazy;
 pub mod sync;
+pub mod uring;
 
 pub use reactor::Readiness;
 
@@ -78,6 +83,9 @@ pub struct EngineConfig {
     /// A directory whose file system the lazy backend probes for `RWF_NOWAIT` support (the
     /// document root).
     pub probe_dir: Option<SharedFd>,
+    /// Which operations go through the backend at all; the others run directly on the loop as
+    /// under `sync` (seed 001's ohttpd "networkonly" is [`OpSet::NETWORK`]).
+    pub laio_ops: OpSet,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +93,7 @@ impl Default for EngineConfig {
         EngineConfig {
             helpers: 32,
             probe_dir: None,
+            laio_ops: OpSet::ALL,
         }
     }
 }
@@ -97,19 +106,43 @@ pub enum BackendKind {
     Sync,
     /// Try every call without blocking; only a call that would block goes to a helper.
     Lazy,
+    /// Every call to a helper thread (seed 001's liblaiogen).
+    Eager,
+    /// Socket calls non-blocking on the loop, every disk call to a helper (seed 001, App. A).
+    Hybrid,
+    /// io_uring: the kernel runs each call inline or on its own workers.
+    Uring,
 }
 
 impl BackendKind {
     /// Every backend, in the order experiments list them.
-    pub const ALL: [BackendKind; 2] = [BackendKind::Sync, BackendKind::Lazy];
+    pub const ALL: [BackendKind; 5] = [
+        BackendKind::Sync,
+        BackendKind::Lazy,
+        BackendKind::Eager,
+        BackendKind::Hybrid,
+        BackendKind::Uring,
+    ];
 
     /// The name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Sync => sync::SyncBackend::NAME,
             BackendKind::Lazy => lazy::LazyBackend::NAME,
+            BackendKind::Eager => eager::EagerBackend::NAME,
+            BackendKind::Hybrid => hybrid::HybridBackend::NAME,
+            BackendKind::Uring => uring::UringBackend::NAME,
         }
     }
+}
+
+/// The backends' names, comma-separated (for messages).
+pub(crate) fn known_backends() -> String {
+    let names: Vec<&str> = BackendKind::ALL
+        .into_iter()
+        .map(BackendKind::name)
+        .collect();
+    names.join(", ")
 }
 
 impl fmt::Display for BackendKind {
@@ -145,5 +178,14 @@ pub fn with_backend<W: WithBackend>(
     Ok(match kind {
         BackendKind::Sync => job.run(sync::SyncBackend::new(config)?),
         BackendKind::Lazy => job.run(lazy::LazyBackend::new(config)?),
+        BackendKind::Eager => job.run(eager::EagerBackend::new(config)?),
+        BackendKind::Hybrid => job.run(hybrid::HybridBackend::new(config)?),
+        BackendKind::Uring => match uring::UringBackend::new(config) {
+            Ok(b) => job.run(b),
+            Err(e) => {
+                tracing::warn!("uring: {e}; falling back to the lazy backend");
+                job.run(lazy::LazyBackend::new(config)?)
+            }
+        },
     })
 }

@@ -49,6 +49,29 @@ pub(crate) fn accept(listener: &OwnedFd) -> io::Result<(OwnedFd, Option<SocketAd
     Ok((fd, peer))
 }
 
+/// A TCP socket for `addr`'s family (close-on-exec, `TCP_NODELAY`, `SO_RCVBUF` if given — before
+/// connect, since the window scale is fixed in the SYN), non-blocking if asked.
+pub(crate) fn tcp_socket(
+    addr: SocketAddr,
+    recv_buffer: Option<usize>,
+    nonblocking: bool,
+) -> io::Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => rnet::AddressFamily::INET,
+        SocketAddr::V6(_) => rnet::AddressFamily::INET6,
+    };
+    let mut flags = SocketFlags::CLOEXEC;
+    if nonblocking {
+        flags |= SocketFlags::NONBLOCK;
+    }
+    let fd = rnet::socket_with(family, rnet::SocketType::STREAM, flags, None).map_err(io_err)?;
+    let _ = rnet::sockopt::set_tcp_nodelay(&fd, true);
+    if let Some(bytes) = recv_buffer {
+        rnet::sockopt::set_socket_recv_buffer_size(&fd, bytes).map_err(io_err)?;
+    }
+    Ok(fd)
+}
+
 /// A non-blocking TCP socket connecting to `addr`: `Ok((fd, true))` if connected at once,
 /// `Ok((fd, false))` while the handshake is in progress (wait for writability, then
 /// [`connect_finished`]).
@@ -56,26 +79,56 @@ pub(crate) fn connect_start(
     addr: SocketAddr,
     recv_buffer: Option<usize>,
 ) -> io::Result<(OwnedFd, bool)> {
-    let family = match addr {
-        SocketAddr::V4(_) => rnet::AddressFamily::INET,
-        SocketAddr::V6(_) => rnet::AddressFamily::INET6,
-    };
-    let fd = rnet::socket_with(
-        family,
-        rnet::SocketType::STREAM,
-        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(io_err)?;
-    let _ = rnet::sockopt::set_tcp_nodelay(&fd, true);
-    if let Some(bytes) = recv_buffer {
-        // Before connect: the window scale is fixed in the SYN.
-        rnet::sockopt::set_socket_recv_buffer_size(&fd, bytes).map_err(io_err)?;
-    }
+    let fd = tcp_socket(addr, recv_buffer, true)?;
     match rnet::connect(&fd, &addr) {
         Ok(()) => Ok((fd, true)),
         Err(Errno::INPROGRESS) => Ok((fd, false)),
         Err(e) => Err(io_err(e)),
+    }
+}
+
+/// A connection the kernel accepted for us (io_uring): `TCP_NODELAY` and its peer's address.
+pub(crate) fn accepted(fd: &OwnedFd) -> Option<SocketAddr> {
+    let _ = rnet::sockopt::set_tcp_nodelay(fd, true);
+    rnet::getpeername(fd)
+        .ok()
+        .flatten()
+        .and_then(|a| SocketAddr::try_from(a).ok())
+}
+
+/// Clear `O_NONBLOCK` on a file: io_uring returns `EAGAIN` for a read of an uncached page of an
+/// `O_NONBLOCK` file instead of running it on its workers.
+pub(crate) fn clear_nonblock(fd: &OwnedFd) -> io::Result<()> {
+    let flags = rfs::fcntl_getfl(fd).map_err(io_err)?;
+    rfs::fcntl_setfl(fd, flags - OFlags::NONBLOCK).map_err(io_err)
+}
+
+/// The flags and resolution [`open`] uses, for a backend that opens files another way
+/// (io_uring's `openat2`).
+pub(crate) fn open_how(beneath: bool, noatime: bool) -> (u64, u64) {
+    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    if noatime {
+        flags |= OFlags::NOATIME;
+    }
+    let mut resolve = ResolveFlags::empty();
+    if beneath {
+        resolve |= ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    }
+    (u64::from(flags.bits()), resolve.bits())
+}
+
+/// A [`FileStat`] from `statx` fields.
+pub(crate) fn file_stat(size: u64, ino: u64, mode: u32, mtime_s: i64, mtime_ns: u32) -> FileStat {
+    let file_type = match rfs::FileType::from_raw_mode(mode as _) {
+        rfs::FileType::RegularFile => FileType::Regular,
+        rfs::FileType::Directory => FileType::Directory,
+        _ => FileType::Other,
+    };
+    FileStat {
+        len_bytes: size,
+        ino,
+        modified: UNIX_EPOCH + Duration::new(u64::try_from(mtime_s).unwrap_or(0), mtime_ns),
+        file_type,
     }
 }
 

@@ -2,7 +2,7 @@
 //! helper completions and cross-thread wake-ups, and a helper pool — driven by a [`Policy`]
 //! that decides how each operation is first attempted.
 //!
-//! Why: `sync` and `lazy` (and later `eager`, `hybrid`) differ only in where a file call runs;
+//! Why: `sync`, `lazy`, `eager` and `hybrid` differ only in where a call runs;
 //! the socket half (non-blocking calls, edge-triggered readiness, retry on the edge) is the
 //! same for all of them, so it lives here once.
 //!
@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 
-use super::exec::Step;
+use super::exec::{exec, Caps, Step};
 use super::helpers::{Finished, Helpers, Job, JobMeta};
-use super::os::{self, Ready};
+use super::os::{self, Ready, Wait};
 use super::{Backend, EngineConfig, Waker};
 use crate::counters::Counters;
-use crate::op::{Completion, Interest, Op, Submit, Token};
+use crate::op::{Completion, Interest, Op, OpSet, Submit, Token};
 use crate::Error;
 
 /// How a backend first attempts an operation (and each retry after readiness).
@@ -59,6 +59,9 @@ struct Slot {
 /// A backend made of a [`Policy`] and the readiness machinery.
 pub struct Readiness<P: Policy> {
     policy: P,
+    /// Operations the policy decides on; the others run directly (see [`Readiness::start`]).
+    laio_ops: OpSet,
+    direct: Caps,
     epoll: OwnedFd,
     wake: Arc<OwnedFd>,
     helpers: Helpers,
@@ -81,6 +84,8 @@ impl<P: Policy> Backend for Readiness<P> {
             .map_err(|e| Error::setup("epoll_ctl(eventfd)", e))?;
         Ok(Readiness {
             policy,
+            laio_ops: config.laio_ops,
+            direct: Caps::none(),
             epoll,
             helpers: Helpers::new(config.helpers, Arc::clone(&wake), P::NAME),
             wake,
@@ -109,7 +114,7 @@ impl<P: Policy> Backend for Readiness<P> {
                 return self.park_new(token, op);
             }
         }
-        match self.policy.start(op) {
+        match self.start(op) {
             Step::Done(result, out) => {
                 let c = self.counters.op_mut(kind);
                 c.inline += 1;
@@ -212,7 +217,25 @@ impl<P: Policy> Readiness<P> {
         }
     }
 
+    /// The slot's readiness flag for the direction `op` waits in, if the slot describes
+    /// `op`'s socket.
+    fn ready_flag(&mut self, op: &Op) -> Option<&mut bool> {
+        let (sock, interest) = op.socket_interest()?;
+        let fd = usize::try_from(sock.as_raw_fd()).ok()?;
+        let owner = Arc::as_ptr(sock) as usize;
+        let slot = self.slots.get_mut(fd).filter(|s| s.owner == owner)?;
+        Some(match interest {
+            Interest::Read => &mut slot.readable,
+            Interest::Write => &mut slot.writable,
+        })
+    }
+
     fn send_to_helper(&mut self, mut job: Job) {
+        // A socket call on a helper uses up the readiness it was retried for; an edge that
+        // arrives while it is away sets the flag again (see `finish_helper`).
+        if let Some(flag) = self.ready_flag(&job.op) {
+            *flag = false;
+        }
         if !job.helped {
             job.helped = true;
             self.counters.op_mut(job.op.kind()).helper += 1;
@@ -228,6 +251,12 @@ impl<P: Policy> Readiness<P> {
             // Only socket operations can wait for readiness; anything else is a policy bug.
             return Err(self.fail(job, io::Error::other("not a socket operation")));
         };
+        if Arc::strong_count(sock) == 1 && kind != crate::op::OpKind::Connect {
+            // Nobody else holds the socket (a connecting one is the engine's own): it was
+            // closed while the operation was on a helper (eager, hybrid), so `Op::Close` could
+            // not cancel it. Cancel it now.
+            return Err(self.fail(job, io::Error::from_raw_os_error(libc::ECANCELED)));
+        }
         let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);
         let owner = Arc::as_ptr(sock) as usize;
         if fd >= self.slots.len() {
@@ -277,6 +306,16 @@ impl<P: Policy> Readiness<P> {
         Completion::new(job.token, kind, Err(e), job.op.into_out())
     }
 
+    /// Attempt `op`: by the policy if it is one of `laio_ops`, else directly on the loop as
+    /// under `sync` (file calls block, sockets still park on readiness).
+    fn start(&mut self, op: Op) -> Step {
+        if self.laio_ops.contains(op.kind()) {
+            self.policy.start(op)
+        } else {
+            exec(op, Wait::Block, &mut self.direct)
+        }
+    }
+
     /// Cancel what is parked on `fd` (completions with `ECANCELED`, delivered by `poll`).
     fn cancel(&mut self, fd: &Arc<OwnedFd>) {
         let n = usize::try_from(fd.as_raw_fd()).unwrap_or(usize::MAX);
@@ -310,7 +349,7 @@ impl<P: Policy> Readiness<P> {
             Op::Connect { sock: Some(s), .. } => usize::try_from(s.as_raw_fd()).ok(),
             _ => None,
         };
-        match self.policy.start(op) {
+        match self.start(op) {
             Step::Done(result, out) => {
                 if let Some(slot) = connecting.and_then(|fd| self.slots.get_mut(fd)) {
                     *slot = Slot::default();
@@ -346,14 +385,21 @@ impl<P: Policy> Readiness<P> {
             kind,
             sent,
             parked,
+            connecting,
         } = f.job;
         self.counters.record_helper_latency(kind, sent.elapsed());
         match f.step {
             Step::Done(result, out) => {
+                // A finished handshake's socket is closed or handed out: forget its slot (as
+                // `retry` does for one finished on the loop).
+                if let Some(slot) = connecting.and_then(|fd| self.slots.get_mut(fd)) {
+                    *slot = Slot::default();
+                }
                 self.counters.op_mut(kind).errors += u64::from(result.is_err());
                 done.push(Completion::new(token, kind, result, out));
             }
-            // The disk part is done and the pages are cached; the socket is full: wait for it.
+            // The socket was not ready (the disk part, if any, is done): wait for it — unless
+            // an edge arrived while the call was on the helper, which would not come again.
             Step::WouldBlock(op) => {
                 let job = Job {
                     token,
@@ -362,7 +408,9 @@ impl<P: Policy> Readiness<P> {
                     parked,
                     helped: true,
                 };
-                if let Err(c) = self.park(job) {
+                if self.ready_flag(&job.op).is_some_and(|f| *f) {
+                    self.retry(job, done);
+                } else if let Err(c) = self.park(job) {
                     done.push(c);
                 }
             }

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The backends every integration test runs against.
-pub const BACKENDS: [&str; 2] = ["sync", "lazy"];
+pub const BACKENDS: [&str; 5] = ["sync", "lazy", "eager", "hybrid", "uring"];
 
 /// A running `lair serve`, killed (SIGKILL) when dropped unless stopped first.
 pub struct Server {

@@ -1,0 +1,762 @@
+//! `uring` backend: io_uring, through the `io-uring` crate.
+//!
+//! Every socket and file operation becomes a submission queue entry; the kernel runs it inline
+//! when it can and punts it to its own io-wq workers when it would block — lazy asynchronous
+//! I/O done by the kernel, which is what seed 001's FreeBSD scheduler activations did.
+//! Submissions are batched: `submit` only queues; `poll` makes one `io_uring_enter` that
+//! submits everything queued and waits for completions.
+//!
+//! | operation | how |
+//! | --- | --- |
+//! | accept, connect, recv, send, shutdown | `IORING_OP_ACCEPT` / `CONNECT` / `RECV` (with `POLL_FIRST` for idle keep-alive reads) / `SEND` / `SHUTDOWN` |
+//! | open | `IORING_OP_OPENAT2` with the flags and resolution of the other backends (`O_NOATIME`, retried without it on `EPERM`; `O_NONBLOCK` cleared after the open, see below) |
+//! | stat | `IORING_OP_STATX` with `AT_EMPTY_PATH` on the open file |
+//! | read, write | `IORING_OP_READ` / `WRITE` |
+//! | sendfile | io_uring has no sendfile: a `READ` of up to 256 KiB into a staging buffer, then a `SEND` of it with `MSG_WAITALL` (the kernel retries a short send). One copy more than `sendfile`; `lair lab run laio` measures what it costs |
+//! | close | cancels what is in flight on the descriptor (`IORING_OP_ASYNC_CANCEL`, all matches), then drops it |
+//! | call | tried inline without blocking, else on a helper thread (as under `lazy`) |
+//!
+//! A file opened `O_NONBLOCK` makes io_uring return `EAGAIN` for an uncached read instead of
+//! punting it, so opens clear the flag once the file is open (the flag is there so that a FIFO
+//! in the document root cannot hang the open).
+//!
+//! [`EngineConfig::laio_ops`] chooses which *file* calls (open, stat, read, write, call) go
+//! through the ring; the others run directly on the loop as under `sync`. Socket calls and
+//! sendfile always go through the ring: there is no readiness loop to park them on.
+//!
+//! When io_uring is unavailable (kernel too old, `kernel.io_uring_disabled`, a seccomp filter)
+//! [`with_backend`](super::with_backend) logs why and falls back to `lazy`.
+//!
+//! Memory safety: every buffer, path, address and `statx` the kernel reads or writes is owned
+//! by the operation's [`Flight`] entry until its completion is reaped, and the engine never
+//! drops a flight early: on drop it cancels everything and waits for the completions, and
+//! leaks what did not complete in time rather than free memory the kernel may still write.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::exec::{exec, Caps, Step};
+use super::helpers::{Helpers, Job};
+use super::os::{self, Wait};
+use super::{Backend, EngineConfig, Waker};
+use crate::counters::Counters;
+use crate::op::{Completion, Op, OpKind, OpSet, Out, SharedFd, Submit, Token};
+use crate::Error;
+
+/// `user_data` of the multishot poll on the wake-up eventfd.
+const WAKE: u64 = u64::MAX;
+/// `user_data` of cancel requests (their own completions are not reported).
+const CANCEL: u64 = u64::MAX - 1;
+/// Largest read of one sendfile step.
+const SENDFILE_CHUNK: usize = 256 * 1024;
+/// Submission queue size (the completion queue is twice as large).
+const ENTRIES: u32 = 1024;
+/// `IORING_RECVSEND_POLL_FIRST`: wait for readiness before the first receive attempt.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
+/// What one operation in the ring owns while the kernel works on it.
+enum State {
+    Connect {
+        addr: SocketAddr,
+        sock: OwnedFd,
+        raw: Box<rustix::net::SocketAddrAny>,
+    },
+    Accept {
+        listener: SharedFd,
+    },
+    Recv {
+        sock: SharedFd,
+        buf: Vec<u8>,
+    },
+    Send {
+        sock: SharedFd,
+        buf: Vec<u8>,
+        from: usize,
+        more: bool,
+    },
+    /// Sendfile, step 1: reading the file into `stage`.
+    FileToStage {
+        sock: SharedFd,
+        file: SharedFd,
+        stage: Vec<u8>,
+    },
+    /// Sendfile, step 2: sending `stage`.
+    StageToSock {
+        sock: SharedFd,
+        stage: Vec<u8>,
+    },
+    Shutdown {
+        sock: SharedFd,
+    },
+    Open {
+        dir: SharedFd,
+        path: CString,
+        beneath: bool,
+        noatime: bool,
+        how: Box<types::OpenHow>,
+    },
+    Stat {
+        file: SharedFd,
+        statx: Box<libc::statx>,
+    },
+    Read {
+        file: SharedFd,
+        buf: Vec<u8>,
+    },
+    Write {
+        file: SharedFd,
+        buf: Vec<u8>,
+    },
+}
+
+/// An operation in the ring.
+struct Flight {
+    token: Token,
+    kind: OpKind,
+    state: State,
+}
+
+/// The `uring` backend.
+pub struct UringBackend {
+    ring: IoUring,
+    flights: Vec<Option<Flight>>,
+    free: Vec<usize>,
+    in_ring: usize,
+    wake: Arc<OwnedFd>,
+    wake_armed: bool,
+    helpers: Helpers,
+    finished: Vec<super::helpers::Finished>,
+    laio_ops: OpSet,
+    direct: Caps,
+    stages: Vec<Vec<u8>>,
+    cqes: Vec<(u64, i32, u32)>,
+    ready: Vec<Completion>,
+    counters: Counters,
+}
+
+/// Whether io_uring can be used here, and if not, why (for the fallback message).
+pub fn available() -> Result<(), String> {
+    match IoUring::new(8) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(why_unavailable(&e)),
+    }
+}
+
+fn why_unavailable(e: &io::Error) -> String {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => format!("io_uring_setup: {e} (the kernel has no io_uring)"),
+        Some(libc::EPERM) if sysctl == "2" => {
+            format!("io_uring_setup: {e} (kernel.io_uring_disabled = 2: disabled for everyone)")
+        }
+        Some(libc::EPERM) if sysctl == "1" => format!(
+            "io_uring_setup: {e} (kernel.io_uring_disabled = 1: only the io_uring_group may use it)"
+        ),
+        Some(libc::EPERM) => format!("io_uring_setup: {e} (forbidden, e.g. by a seccomp filter)"),
+        _ => format!("io_uring_setup: {e}"),
+    }
+}
+
+fn errno(res: i32) -> io::Error {
+    io::Error::from_raw_os_error(-res)
+}
+
+impl Backend for UringBackend {
+    const NAME: &'static str = "uring";
+
+    fn new(config: &EngineConfig) -> Result<Self, Error> {
+        let ring = IoUring::builder()
+            .setup_cqsize(ENTRIES * 2)
+            .setup_coop_taskrun()
+            .build(ENTRIES)
+            .or_else(|_| IoUring::new(ENTRIES))
+            .map_err(|e| Error::setup("io_uring_setup", io::Error::other(why_unavailable(&e))))?;
+        let wake = Arc::new(os::eventfd_new().map_err(|e| Error::setup("eventfd", e))?);
+        let mut b = UringBackend {
+            ring,
+            flights: Vec::new(),
+            free: Vec::new(),
+            in_ring: 0,
+            helpers: Helpers::new(config.helpers, Arc::clone(&wake), "uring"),
+            wake,
+            wake_armed: false,
+            finished: Vec::new(),
+            laio_ops: config.laio_ops,
+            direct: Caps::none(),
+            stages: Vec::new(),
+            cqes: Vec::with_capacity(256),
+            ready: Vec::new(),
+            counters: Counters::new("uring"),
+        };
+        b.arm_wake();
+        Ok(b)
+    }
+
+    fn submit(&mut self, token: Token, op: Op) -> Submit {
+        let kind = op.kind();
+        self.counters.op_mut(kind).submitted += 1;
+        let direct_ok = matches!(
+            kind,
+            OpKind::Open | OpKind::Stat | OpKind::Read | OpKind::Write | OpKind::Call
+        );
+        if direct_ok && !self.laio_ops.contains(kind) {
+            // Outside `--laio-ops`: directly on the loop, as under `sync`.
+            let step = exec(op, Wait::Block, &mut self.direct);
+            return self.inline(token, kind, step);
+        }
+        match op {
+            Op::Close { fd } => {
+                self.cancel_fd(&fd);
+                drop(fd);
+                self.inline(token, kind, Step::Done(Ok(0), Out::None))
+            }
+            Op::Call(f) => match exec(Op::Call(f), Wait::NoWait, &mut Caps::none()) {
+                Step::Helper(op) => {
+                    self.counters.op_mut(kind).helper += 1;
+                    self.helpers.submit(Job {
+                        token,
+                        op,
+                        sent: Instant::now(),
+                        parked: false,
+                        helped: true,
+                    });
+                    Submit::Pending
+                }
+                step => self.inline(token, kind, step),
+            },
+            op => match self.start(token, op) {
+                Ok(()) => {
+                    self.counters.op_mut(kind).ring += 1;
+                    Submit::Pending
+                }
+                Err(e) => {
+                    self.counters.op_mut(kind).errors += 1;
+                    Submit::Done(Completion::new(token, kind, Err(e), Out::None))
+                }
+            },
+        }
+    }
+
+    fn poll(&mut self, done: &mut Vec<Completion>, timeout: Option<Duration>) -> Result<(), Error> {
+        let had = done.len();
+        done.append(&mut self.ready);
+        let no_wait = done.len() > had || timeout == Some(Duration::ZERO);
+        let submitter = self.ring.submitter();
+        let r = if no_wait {
+            submitter.submit()
+        } else if let Some(t) = timeout {
+            let ts = types::Timespec::from(t);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            submitter.submit_with_args(1, &args)
+        } else {
+            submitter.submit_and_wait(1)
+        };
+        match r {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) => {}
+            Err(e) => return Err(Error::setup("io_uring_enter", e)),
+        }
+        self.counters.wakeups += 1;
+        self.reap(done);
+        Ok(())
+    }
+
+    fn waker(&self) -> Waker {
+        Waker(Arc::clone(&self.wake))
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn helper_threads(&self) -> usize {
+        self.helpers.threads()
+    }
+}
+
+impl UringBackend {
+    fn inline(&mut self, token: Token, kind: OpKind, step: Step) -> Submit {
+        match step {
+            Step::Done(result, out) => {
+                let c = self.counters.op_mut(kind);
+                c.inline += 1;
+                c.errors += u64::from(result.is_err());
+                Submit::Done(Completion::new(token, kind, result, out))
+            }
+            // Only file calls and generic calls run inline here, and never on sockets.
+            Step::WouldBlock(op) | Step::Helper(op) => {
+                let c = Completion::new(
+                    token,
+                    kind,
+                    Err(io::Error::other(
+                        "uring: unexpected retry of an inline call",
+                    )),
+                    op.into_out(),
+                );
+                Submit::Done(c)
+            }
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let e = opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WAKE);
+        self.push(&e);
+        self.wake_armed = true;
+    }
+
+    /// Queue `e`, making room by submitting if the queue is full.
+    fn push(&mut self, e: &squeue::Entry) {
+        loop {
+            // SAFETY: every pointer in `e` points into memory owned by a `Flight` (or the
+            // engine: the eventfd) that stays in place until the entry's completion is reaped
+            // (see the module notes on drop).
+            if unsafe { self.ring.submission().push(e) }.is_ok() {
+                return;
+            }
+            // Full: hand what is queued to the kernel. An error here leaves the entries
+            // queued; the next `poll` reports it.
+            let _ = self.ring.submit();
+        }
+    }
+
+    fn slot(&mut self, f: Flight) -> u64 {
+        self.in_ring += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.flights[i] = Some(f);
+                i as u64
+            }
+            None => {
+                self.flights.push(Some(f));
+                (self.flights.len() - 1) as u64
+            }
+        }
+    }
+
+    fn stage_buffer(&mut self) -> Vec<u8> {
+        self.stages
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(SENDFILE_CHUNK))
+    }
+
+    /// Put `op` into the ring.
+    fn start(&mut self, token: Token, op: Op) -> io::Result<()> {
+        let kind = op.kind();
+        let state = match op {
+            Op::Connect {
+                addr, recv_buffer, ..
+            } => State::Connect {
+                addr,
+                sock: os::tcp_socket(addr, recv_buffer, false)?,
+                raw: Box::new(rustix::net::SocketAddrAny::from(addr)),
+            },
+            Op::Accept { listener } => State::Accept { listener },
+            Op::Recv {
+                sock, mut buf, max, ..
+            } => {
+                buf.reserve(max.max(1));
+                State::Recv { sock, buf }
+            }
+            Op::Send {
+                sock,
+                buf,
+                from,
+                more,
+            } => State::Send {
+                sock,
+                from: from.min(buf.len()),
+                buf,
+                more,
+            },
+            Op::Sendfile {
+                sock,
+                file,
+                offset,
+                len,
+            } => {
+                let stage = self.stage_buffer();
+                let flight = Flight {
+                    token,
+                    kind,
+                    state: State::FileToStage { sock, file, stage },
+                };
+                self.queue_stage_read(flight, offset, len);
+                return Ok(());
+            }
+            Op::Shutdown { sock } => State::Shutdown { sock },
+            Op::Open { dir, path, beneath } => State::Open {
+                dir,
+                path,
+                beneath,
+                noatime: true,
+                how: Box::new(types::OpenHow::new()),
+            },
+            Op::Stat { file } => State::Stat {
+                file,
+                // SAFETY: `statx` is plain data; all zeroes is a valid value.
+                statx: Box::new(unsafe { std::mem::zeroed() }),
+            },
+            Op::Read {
+                file,
+                offset,
+                len,
+                mut buf,
+            } => {
+                buf.reserve(len.max(1));
+                let flight = Flight {
+                    token,
+                    kind,
+                    state: State::Read { file, buf },
+                };
+                self.queue(flight, Some((offset, len)));
+                return Ok(());
+            }
+            Op::Write { file, offset, buf } => {
+                let flight = Flight {
+                    token,
+                    kind,
+                    state: State::Write { file, buf },
+                };
+                self.queue(flight, Some((offset.unwrap_or(u64::MAX), 0)));
+                return Ok(());
+            }
+            Op::Close { .. } | Op::Call(_) => unreachable!("handled by submit"),
+        };
+        self.queue(Flight { token, kind, state }, None);
+        Ok(())
+    }
+
+    /// Build the entry for `f` (file position and length for reads and writes) and queue it.
+    fn queue(&mut self, mut f: Flight, at: Option<(u64, usize)>) {
+        let (offset, len) = at.unwrap_or((0, 0));
+        let e = match &mut f.state {
+            State::Connect { sock, raw, .. } => opcode::Connect::new(
+                types::Fd(sock.as_raw_fd()),
+                raw.as_ptr().cast(),
+                raw.addr_len(),
+            )
+            .build(),
+            State::Accept { listener } => opcode::Accept::new(
+                types::Fd(listener.as_raw_fd()),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+            .flags(libc::SOCK_CLOEXEC)
+            .build(),
+            State::Recv { sock, buf } => {
+                let spare = buf.spare_capacity_mut();
+                opcode::Recv::new(
+                    types::Fd(sock.as_raw_fd()),
+                    spare.as_mut_ptr().cast(),
+                    u32::try_from(spare.len()).unwrap_or(u32::MAX),
+                )
+                .ioprio(RECVSEND_POLL_FIRST)
+                .build()
+            }
+            State::Send {
+                sock,
+                buf,
+                from,
+                more,
+            } => {
+                let rest = &buf[*from..];
+                let flags = if *more {
+                    libc::MSG_NOSIGNAL | libc::MSG_MORE
+                } else {
+                    libc::MSG_NOSIGNAL
+                };
+                opcode::Send::new(
+                    types::Fd(sock.as_raw_fd()),
+                    rest.as_ptr(),
+                    u32::try_from(rest.len()).unwrap_or(u32::MAX),
+                )
+                .flags(flags)
+                .build()
+            }
+            State::StageToSock { sock, stage, .. } => opcode::Send::new(
+                types::Fd(sock.as_raw_fd()),
+                stage.as_ptr(),
+                u32::try_from(stage.len()).unwrap_or(u32::MAX),
+            )
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+            .build(),
+            State::FileToStage { file, stage, .. } => opcode::Read::new(
+                types::Fd(file.as_raw_fd()),
+                stage.as_mut_ptr(),
+                u32::try_from(len.min(stage.capacity())).unwrap_or(u32::MAX),
+            )
+            .offset(offset)
+            .build(),
+            State::Shutdown { sock } => {
+                opcode::Shutdown::new(types::Fd(sock.as_raw_fd()), libc::SHUT_WR).build()
+            }
+            State::Open {
+                dir,
+                path,
+                beneath,
+                noatime,
+                how,
+            } => {
+                let (flags, resolve) = os::open_how(*beneath, *noatime);
+                **how = types::OpenHow::new().flags(flags).resolve(resolve);
+                opcode::OpenAt2::new(types::Fd(dir.as_raw_fd()), path.as_ptr(), &**how).build()
+            }
+            State::Stat { file, statx } => opcode::Statx::new(
+                types::Fd(file.as_raw_fd()),
+                c"".as_ptr(),
+                (&mut **statx as *mut libc::statx).cast(),
+            )
+            .flags(libc::AT_EMPTY_PATH)
+            .mask(libc::STATX_BASIC_STATS)
+            .build(),
+            State::Read { file, buf } => {
+                let spare = buf.spare_capacity_mut();
+                let n = len.min(spare.len());
+                opcode::Read::new(
+                    types::Fd(file.as_raw_fd()),
+                    spare.as_mut_ptr().cast(),
+                    u32::try_from(n).unwrap_or(u32::MAX),
+                )
+                .offset(offset)
+                .build()
+            }
+            State::Write { file, buf } => opcode::Write::new(
+                types::Fd(file.as_raw_fd()),
+                buf.as_ptr(),
+                u32::try_from(buf.len()).unwrap_or(u32::MAX),
+            )
+            .offset(offset)
+            .build(),
+        };
+        let id = self.slot(f);
+        self.push(&e.user_data(id));
+    }
+
+    fn queue_stage_read(&mut self, f: Flight, offset: u64, len: usize) {
+        // The offset rides in the flight's entry; the stage buffer is empty.
+        self.queue(f, Some((offset, len.min(SENDFILE_CHUNK))));
+    }
+
+    /// Cancel everything in flight on `fd` (each completes with `ECANCELED` unless it finished
+    /// first). An operation in flight holds a clone of `fd`, so a descriptor nobody else holds
+    /// has nothing to cancel (O(1), no scan of the flights).
+    fn cancel_fd(&mut self, fd: &SharedFd) {
+        if Arc::strong_count(fd) > 1 {
+            let target = types::CancelBuilder::fd(types::Fd(fd.as_raw_fd())).all();
+            let e = opcode::AsyncCancel2::new(target).build().user_data(CANCEL);
+            self.push(&e);
+        }
+    }
+
+    fn reap(&mut self, done: &mut Vec<Completion>) {
+        self.cqes.clear();
+        self.cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for i in 0..self.cqes.len() {
+            let (id, res, flags) = self.cqes[i];
+            match id {
+                WAKE => {
+                    os::eventfd_drain(&self.wake);
+                    if !cqueue::more(flags) {
+                        self.wake_armed = false;
+                    }
+                    self.helpers.collect(&mut self.finished);
+                    for f in std::mem::take(&mut self.finished) {
+                        let k = f.job.kind;
+                        self.counters.record_helper_latency(k, f.job.sent.elapsed());
+                        if let super::exec::Step::Done(result, out) = f.step {
+                            self.counters.op_mut(k).errors += u64::from(result.is_err());
+                            done.push(Completion::new(f.job.token, k, result, out));
+                        }
+                    }
+                }
+                CANCEL => {}
+                id => {
+                    let Some(f) = self.flights.get_mut(id as usize).and_then(Option::take) else {
+                        continue;
+                    };
+                    self.free.push(id as usize);
+                    self.in_ring -= 1;
+                    if let Some(c) = self.complete(f, res) {
+                        self.counters.op_mut(c.kind).errors += u64::from(c.result.is_err());
+                        done.push(c);
+                    }
+                }
+            }
+        }
+        if !self.wake_armed {
+            self.arm_wake();
+        }
+    }
+
+    /// Turn a completion into the caller's [`Completion`], or queue the operation's next step.
+    fn complete(&mut self, f: Flight, res: i32) -> Option<Completion> {
+        let Flight { token, kind, state } = f;
+        let ok = usize::try_from(res).ok();
+        let (result, out) = match state {
+            State::Connect { addr, sock, .. } => match ok {
+                Some(_) => (Ok(0), Out::Conn(sock, Some(addr))),
+                None => (Err(errno(res)), Out::None),
+            },
+            State::Accept { .. } => match ok {
+                Some(_) => {
+                    // SAFETY: a successful accept's result is a new descriptor we now own.
+                    let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                    let peer = os::accepted(&fd);
+                    (Ok(0), Out::Conn(fd, peer))
+                }
+                None => (Err(errno(res)), Out::None),
+            },
+            State::Recv { mut buf, .. } | State::Read { mut buf, .. } => match ok {
+                Some(n) => {
+                    // SAFETY: the kernel wrote `n` bytes into the spare capacity it was given
+                    // (at most the spare capacity), right after the initialised part.
+                    unsafe { buf.set_len(buf.len() + n) };
+                    (Ok(n), Out::Buf(buf))
+                }
+                None => (Err(errno(res)), Out::Buf(buf)),
+            },
+            State::Send { buf, .. } | State::Write { buf, .. } => match ok {
+                Some(n) => (Ok(n), Out::Buf(buf)),
+                None => (Err(errno(res)), Out::Buf(buf)),
+            },
+            State::FileToStage {
+                sock, mut stage, ..
+            } => match ok {
+                Some(0) => {
+                    self.stages.push(stage);
+                    (Ok(0), Out::None)
+                }
+                Some(n) => {
+                    // SAFETY: as for a read: `n` bytes written at the start of `stage`.
+                    unsafe { stage.set_len(n) };
+                    let next = Flight {
+                        token,
+                        kind,
+                        state: State::StageToSock { sock, stage },
+                    };
+                    self.queue(next, None);
+                    return None;
+                }
+                None => {
+                    self.stages.push(stage);
+                    (Err(errno(res)), Out::None)
+                }
+            },
+            State::StageToSock { mut stage, .. } => {
+                stage.clear();
+                self.stages.push(stage);
+                match ok {
+                    Some(n) => (Ok(n), Out::None),
+                    None => (Err(errno(res)), Out::None),
+                }
+            }
+            State::Shutdown { .. } => match ok {
+                Some(_) => (Ok(0), Out::None),
+                None => (Err(errno(res)), Out::None),
+            },
+            State::Open {
+                dir,
+                path,
+                beneath,
+                noatime,
+                how,
+            } => match ok {
+                Some(_) => {
+                    // SAFETY: a successful open's result is a new descriptor we now own.
+                    let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                    match os::clear_nonblock(&fd) {
+                        Ok(()) => (Ok(0), Out::File(fd)),
+                        Err(e) => (Err(e), Out::None),
+                    }
+                }
+                None if res == -libc::EPERM && noatime => {
+                    // Not the file's owner: open it without O_NOATIME (as `os::open` does).
+                    os::NOATIME_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let again = Flight {
+                        token,
+                        kind,
+                        state: State::Open {
+                            dir,
+                            path,
+                            beneath,
+                            noatime: false,
+                            how,
+                        },
+                    };
+                    self.queue(again, None);
+                    return None;
+                }
+                None => (Err(errno(res)), Out::None),
+            },
+            State::Stat { statx, .. } => match ok {
+                Some(_) => {
+                    let st = os::file_stat(
+                        statx.stx_size,
+                        statx.stx_ino,
+                        u32::from(statx.stx_mode),
+                        statx.stx_mtime.tv_sec,
+                        statx.stx_mtime.tv_nsec,
+                    );
+                    (Ok(0), Out::Stat(st))
+                }
+                None => (Err(errno(res)), Out::None),
+            },
+        };
+        Some(Completion::new(token, kind, result, out))
+    }
+}
+
+impl Drop for UringBackend {
+    fn drop(&mut self) {
+        if self.in_ring == 0 {
+            return;
+        }
+        // The kernel may still write into buffers owned by flights: cancel everything, wait
+        // (bounded) for the completions, and leak whatever is still in flight.
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(CANCEL);
+        self.push(&e);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut sink = Vec::new();
+        while self.in_ring > 0 && Instant::now() < deadline {
+            if self
+                .poll(&mut sink, Some(Duration::from_millis(50)))
+                .is_err()
+            {
+                break;
+            }
+            sink.clear();
+        }
+        if self.in_ring > 0 {
+            tracing::warn!(
+                "uring: {} operations did not finish after cancellation; their buffers are leaked",
+                self.in_ring
+            );
+            for f in self.flights.drain(..).flatten() {
+                std::mem::forget(f);
+            }
+        }
+    }
+}
