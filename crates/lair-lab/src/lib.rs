@@ -7,7 +7,8 @@
 //! backends, nginx, nginx `aio threads`, lighttpd), drives it with `lair-load` clients pinned
 //! to theirs, reads the server's cost from `/proc` ([`proc`]) and its engine counters, and
 //! writes JSON, CSV, a Markdown summary and SVG plots ([`report`]). Access logs of one's own
-//! become workloads through [`clf`].
+//! become workloads through [`clf`]. Seed 001's micro-benchmarks (getpid, open-stat) are in
+//! [`micro`].
 //!
 //! The lab changes the system only as root and only in ways it undoes: cgroups and network
 //! namespaces it names after its PID, page-cache state of its own files.
@@ -18,6 +19,7 @@ pub mod clf;
 pub mod env;
 pub mod experiment;
 pub mod fileset;
+pub mod micro;
 pub mod proc;
 pub mod report;
 pub mod run;

@@ -1,4 +1,4 @@
-//! The `lair` command: `lair serve`, `lair load` and `lair lab`.
+//! The `lair` command: `lair serve`, `lair load`, `lair lab` and `lair micro`.
 //!
 //! Thin on purpose: it parses flags and the TOML config (flags win), sets up logging and
 //! signals, runs the library, and maps errors to exit codes (0 ok, 1 runtime failure, 2 bad
@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod lab;
 mod load;
+mod micro;
 mod serve;
 
 /// lair: an event-driven static web server built on lazy asynchronous I/O.
@@ -34,6 +35,8 @@ enum Command {
     Load(Box<load::LoadArgs>),
     /// Run declared experiments against lair and its peers; tables and plots out.
     Lab(Box<lab::LabArgs>),
+    /// Seed 001's micro-benchmarks (getpid, open-stat, open-stat-read) through every backend.
+    Micro(Box<micro::MicroArgs>),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Load(args) => load::run(*args),
         Command::Lab(args) => lab::run(*args),
+        Command::Micro(args) => micro::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,6 +62,7 @@ fn unsupported(e: &io::Error) -> bool {
 /// Run `op` once. With [`Wait::NoWait`], a file call that would wait for the disk returns
 /// [`Step::Helper`] (and a feature found missing at run time is switched off in `caps`, with
 /// one log line).
+#[inline]
 pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
     let nowait = wait == Wait::NoWait;
     match op {

@@ -38,6 +38,7 @@ impl Policy for Lazy {
         Ok(Lazy { caps })
     }
 
+    #[inline]
     fn start(&mut self, op: Op) -> Step {
         exec(op, Wait::NoWait, &mut self.caps)
     }

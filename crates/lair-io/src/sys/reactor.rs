@@ -308,6 +308,7 @@ impl<P: Policy> Readiness<P> {
 
     /// Attempt `op`: by the policy if it is one of `laio_ops`, else directly on the loop as
     /// under `sync` (file calls block, sockets still park on readiness).
+    #[inline]
     fn start(&mut self, op: Op) -> Step {
         if self.laio_ops.contains(op.kind()) {
             self.policy.start(op)

@@ -27,6 +27,7 @@ impl Policy for Sync {
         Ok(Sync { caps: Caps::none() })
     }
 
+    #[inline]
     fn start(&mut self, op: Op) -> Step {
         exec(op, Wait::Block, &mut self.caps)
     }
