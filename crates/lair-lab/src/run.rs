@@ -382,7 +382,7 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
                             })?;
                             for r in &rows {
                                 let line = format!(
-                                    "{:<10} {:<10} {:<10} {:>5} clients  {:<6} {:>10.0} req/s  p99 {:>8} µs  errors {}",
+                                    "{:<11} {:<10} {:<10} {:>5} clients  {:<6} {:>10.0} req/s  p99 {:>8} µs  errors {}",
                                     r.server, r.workload, r.environment, r.clients, r.group,
                                     r.requests_per_s, r.p99_us, r.errors
                                 );

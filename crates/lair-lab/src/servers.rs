@@ -48,13 +48,16 @@ pub struct ServerSpec {
     pub kind: ServerKind,
 }
 
-/// The built-in servers by name: `lair-sync`, `lair-lazy`, `nginx`, `nginx-aio`, `lighttpd`.
+/// The built-in servers by name: `lair-BACKEND` for each engine backend (`lair-sync`,
+/// `lair-lazy`, `lair-eager`, `lair-hybrid`, `lair-uring`), `nginx`, `nginx-aio`, `lighttpd`.
 pub fn builtin(name: &str) -> Option<ServerSpec> {
     let kind = match name {
-        "lair-sync" | "lair-lazy" => ServerKind::Lair {
-            backend: name["lair-".len()..].to_string(),
-            args: Vec::new(),
-        },
+        "lair-sync" | "lair-lazy" | "lair-eager" | "lair-hybrid" | "lair-uring" => {
+            ServerKind::Lair {
+                backend: name["lair-".len()..].to_string(),
+                args: Vec::new(),
+            }
+        }
         "nginx" => ServerKind::Nginx { aio_threads: None },
         "nginx-aio" => ServerKind::Nginx {
             aio_threads: Some(32),
@@ -69,7 +72,16 @@ pub fn builtin(name: &str) -> Option<ServerSpec> {
 }
 
 /// Names of the built-in servers.
-pub const BUILTIN: [&str; 5] = ["lair-sync", "lair-lazy", "nginx", "nginx-aio", "lighttpd"];
+pub const BUILTIN: [&str; 8] = [
+    "lair-sync",
+    "lair-lazy",
+    "lair-eager",
+    "lair-hybrid",
+    "lair-uring",
+    "nginx",
+    "nginx-aio",
+    "lighttpd",
+];
 
 /// Whether the server's program is installed; the error says how to install it.
 pub fn check_installed(spec: &ServerSpec) -> anyhow::Result<()> {

@@ -180,3 +180,98 @@ fn hol_quick_throttles_the_disk_when_it_can() {
             .any(|e| e.file_name().to_string_lossy().starts_with("lair-lab-")))
         .unwrap_or(false));
 }
+
+#[test]
+fn laio_quick_runs_every_new_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, j) = run(tmp.path(), &["laio"]);
+    // Four backends × one client count × one pass of 1,500 requests.
+    check_outputs(&dir, &j, 4);
+    let mut seen = Vec::new();
+    for row in j["rows"].as_array().unwrap() {
+        assert_eq!(row["requests"], 1500, "{row:#}");
+        // The server's own counters name the backend that really ran (uring falls back to
+        // lazy where io_uring is unavailable, and says so).
+        let backend = row["engine"]["engine"]["backend"]
+            .as_str()
+            .unwrap_or_default();
+        seen.push((
+            row["server"].as_str().unwrap().to_string(),
+            backend.to_string(),
+        ));
+    }
+    for (server, backend) in &seen {
+        let want = server.trim_start_matches("lair-");
+        assert!(
+            backend == want || (want == "uring" && backend == "lazy"),
+            "{server} ran backend {backend:?}"
+        );
+    }
+}
+
+#[test]
+fn micro_benchmarks_print_tables_and_json() {
+    let o = lair()
+        .args([
+            "micro",
+            "getpid",
+            "--calls",
+            "2000",
+            "--threads",
+            "1,4",
+            "--reps",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    // direct + 5 backends × 2 pool sizes.
+    assert_eq!(rows.len(), 11);
+    for r in &rows {
+        assert_eq!(r["ops"], 2000, "{r}");
+        let helper = r["helper_ops"].as_u64().unwrap();
+        match r["way"].as_str().unwrap() {
+            "eager" | "hybrid" => assert_eq!(helper, 2000, "{r}"),
+            _ => assert_eq!(helper, 0, "{r}"),
+        }
+    }
+
+    // open-stat-read over a small imported trace folder, warm only (cold needs root for the
+    // dentry cache; the library's tests cover the cache control).
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = String::new();
+    let mut trace = String::new();
+    for i in 0..30u32 {
+        files.push_str(&format!("/f{i}\t{}\n", 1000 + i * 5000));
+        trace.push_str(&format!("{}\t/f{}\t{}\n", i, i % 30, 1000 + i * 5000));
+    }
+    std::fs::write(tmp.path().join("files.tsv"), files).unwrap();
+    std::fs::write(tmp.path().join("trace.tsv"), trace).unwrap();
+    let o = lair()
+        .args([
+            "micro",
+            "open-stat-read",
+            "--cache",
+            "warm",
+            "--threads",
+            "2",
+        ])
+        .args(["--reps", "1", "--trace"])
+        .arg(tmp.path())
+        .arg("--data")
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for way in ["threads", "sync", "lazy", "eager", "hybrid", "uring"] {
+        let line = table
+            .lines()
+            .find(|l| l.contains(&format!("| {way} | 2 |")))
+            .unwrap_or_else(|| panic!("no {way} row in {table}"));
+        assert!(line.starts_with("| open-stat-read | warm |"), "{line}");
+        assert!(line.contains("| 30 |"), "{line}");
+    }
+}
