@@ -155,15 +155,15 @@ fn why_unavailable(e: &io::Error) -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     match e.raw_os_error() {
-        Some(libc::ENOSYS) => format!("io_uring_setup: {e} (the kernel has no io_uring)"),
+        Some(libc::ENOSYS) => format!("{e} (the kernel has no io_uring)"),
         Some(libc::EPERM) if sysctl == "2" => {
-            format!("io_uring_setup: {e} (kernel.io_uring_disabled = 2: disabled for everyone)")
+            format!("{e} (kernel.io_uring_disabled = 2: disabled for everyone)")
         }
-        Some(libc::EPERM) if sysctl == "1" => format!(
-            "io_uring_setup: {e} (kernel.io_uring_disabled = 1: only the io_uring_group may use it)"
-        ),
-        Some(libc::EPERM) => format!("io_uring_setup: {e} (forbidden, e.g. by a seccomp filter)"),
-        _ => format!("io_uring_setup: {e}"),
+        Some(libc::EPERM) if sysctl == "1" => {
+            format!("{e} (kernel.io_uring_disabled = 1: only the io_uring_group may use it)")
+        }
+        Some(libc::EPERM) => format!("{e} (forbidden, e.g. by a seccomp filter)"),
+        _ => e.to_string(),
     }
 }
 
