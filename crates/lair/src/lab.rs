@@ -37,6 +37,12 @@ enum LabCommand {
         /// Only these servers (comma-separated names).
         #[arg(long, value_delimiter = ',')]
         servers: Option<Vec<String>>,
+        /// Only these environments (comma-separated names).
+        #[arg(long, value_delimiter = ',')]
+        envs: Option<Vec<String>>,
+        /// Repetitions of every cell, instead of the experiment's.
+        #[arg(long)]
+        repetitions: Option<usize>,
         /// Results go to OUT/NAME/TIMESTAMP/.
         #[arg(long, default_value = "results")]
         out: PathBuf,
@@ -106,14 +112,34 @@ pub fn run(a: LabArgs) -> anyhow::Result<()> {
             quick,
             set,
             servers,
+            envs,
+            repetitions,
             out,
             data,
         } => {
             let file = experiment_file(&a.experiments, &name);
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| ConfigError(format!("experiment {}: {e}", file.display())))?;
-            let x = lair_lab::experiment::parse(&text, quick, &set)
+            let mut x = lair_lab::experiment::parse(&text, quick, &set)
                 .map_err(|e| ConfigError(format!("{}: {e:#}", file.display())))?;
+            if let Some(only) = &envs {
+                let known: Vec<String> = x.environments.iter().map(|e| e.name.clone()).collect();
+                x.environments.retain(|e| only.contains(&e.name));
+                if x.environments.is_empty() {
+                    return Err(ConfigError(format!(
+                        "--envs {} matches none of the experiment's environments ({})",
+                        only.join(","),
+                        known.join(", ")
+                    ))
+                    .into());
+                }
+            }
+            if let Some(n) = repetitions {
+                if n == 0 {
+                    return Err(ConfigError("--repetitions must be at least 1".into()).into());
+                }
+                x.repetitions = n;
+            }
             let cancel = Arc::new(AtomicBool::new(false));
             signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&cancel))
                 .context("installing the Ctrl-C handler")?;
