@@ -549,7 +549,7 @@ impl<B: Backend> Loop<'_, B> {
                         if k.wsent < k.wbuf.len() {
                             self.send(idx);
                         } else {
-                            self.recv(idx);
+                            self.recv_paced(idx);
                         }
                     }
                     Err(_) => self.fail_reset(idx),
@@ -650,18 +650,25 @@ impl<B: Backend> Loop<'_, B> {
             }
             c.rbuf.clear();
         }
+        if let Some(rate) = self.cfg.slow.bytes_per_s {
+            // Spend this read's budget — also the last read of a response, or a small response
+            // read at once would never be paced: the next read waits until the rate allows it.
+            let c = &mut self.conns[idx];
+            c.next_read =
+                c.next_read.max(Instant::now()) + Duration::from_secs_f64(n as f64 / rate as f64);
+        }
         if self.conns[idx].body_left == Some(0) {
             self.complete(idx);
-        } else if let Some(rate) = self.cfg.slow.bytes_per_s {
-            // Spend this read's budget: the next read waits until the rate allows it.
-            let now = Instant::now();
-            let c = &mut self.conns[idx];
-            c.next_read = c.next_read.max(now) + Duration::from_secs_f64(n as f64 / rate as f64);
-            if c.next_read > now {
-                c.state = State::Throttled(c.next_read);
-            } else {
-                self.recv(idx);
-            }
+        } else {
+            self.recv_paced(idx);
+        }
+    }
+
+    /// Receive now, or once the connection's read budget allows (slow clients).
+    fn recv_paced(&mut self, idx: usize) {
+        let c = &mut self.conns[idx];
+        if self.cfg.slow.bytes_per_s.is_some() && c.next_read > Instant::now() {
+            c.state = State::Throttled(c.next_read);
         } else {
             self.recv(idx);
         }

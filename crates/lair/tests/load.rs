@@ -214,6 +214,32 @@ fn slow_clients_read_at_their_rate() {
 }
 
 #[test]
+fn slow_clients_pace_small_responses_too() {
+    // Each response arrives in one read; the pace must hold across responses (it did not:
+    // the last read of a response was never charged, so small files went at full speed).
+    let site = Site::new();
+    let srv = Opts::new(&site.root, "lazy").start();
+    let (code, j) = load(&[
+        &srv.url("/hello.txt"),
+        "-c",
+        "1",
+        "-n",
+        "20",
+        "--recv-rate",
+        "2k",
+    ]);
+    assert_eq!(code, Some(0), "{j}");
+    let bytes = j["bytes"].as_f64().unwrap();
+    let elapsed = j["elapsed_s"].as_f64().unwrap();
+    assert!(bytes > 20.0 * 100.0, "{j}");
+    // At 2,000 bytes/s less the first read's free budget; a lower bound only.
+    assert!(
+        elapsed >= (bytes - 1000.0) / 2000.0 * 0.9,
+        "{elapsed} s for {bytes} bytes: {j}"
+    );
+}
+
+#[test]
 fn manifest_catches_wrong_content_of_the_right_length() {
     let site = Site::new();
     let srv = Opts::new(&site.root, "lazy").start();
