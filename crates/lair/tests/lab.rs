@@ -275,3 +275,34 @@ fn micro_benchmarks_print_tables_and_json() {
         assert!(line.contains("| 30 |"), "{line}");
     }
 }
+
+#[test]
+fn slow_quick_shapes_the_link_and_paces_readers() {
+    if !rustix::process::geteuid().is_root() || !installed("ip") {
+        eprintln!(
+            "skipped: the slow-link environment needs root and iproute2 (network namespaces)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, j) = run(tmp.path(), &["slow"]);
+    // One server × one client count × two environments.
+    check_outputs(&dir, &j, 2);
+    for row in j["rows"].as_array().unwrap() {
+        // 10 clients, 1 MiB each, for about a second: a 200 Mbit/s link carries at most
+        // ~25 responses a second and 2 MiB/s readers ~20; unshaped loopback would carry
+        // thousands.
+        let rate = row["requests_per_s"].as_f64().unwrap();
+        assert!(
+            rate < 60.0,
+            "{}: {rate} req/s is not slow: {row:#}",
+            row["environment"]
+        );
+    }
+    // Nothing the environment made is left behind.
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ns.stdout).contains("lair-lab"),
+        "a lab namespace outlived the run"
+    );
+}
