@@ -260,9 +260,8 @@ pub(crate) fn read(
     };
     let offset =
         libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `iov` describes `len` bytes of `buf`'s spare capacity, which we borrow mutably
-    // and nothing else touches during the call; the kernel writes at most `iov_len` bytes there
-    // and reports how many.
+    // SAFETY: `iov` is `len` bytes of `buf`'s spare capacity, mutably borrowed for the call;
+    // the kernel writes at most `iov_len` bytes there and reports how many.
     let r = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, flags) };
     let n = usize::try_from(r).map_err(|_| io::Error::last_os_error())?;
     // SAFETY: the kernel initialised the first `n` (≤ `len`) bytes after the old length.
