@@ -107,18 +107,14 @@ pub(crate) fn clear_nonblock(fd: &OwnedFd) -> io::Result<()> {
 /// The flags and resolution [`open`] uses, for a backend that opens files another way
 /// (io_uring's `openat2`).
 pub(crate) fn open_how(beneath: bool, noatime: bool) -> (u64, u64) {
-    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let mut flags = OPEN_FLAGS;
     if noatime {
         flags |= OFlags::NOATIME;
     }
-    let mut resolve = ResolveFlags::empty();
-    if beneath {
-        resolve |= ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    }
-    (u64::from(flags.bits()), resolve.bits())
+    (u64::from(flags.bits()), open_resolve(beneath).bits())
 }
 
-/// A [`FileStat`] from `statx` fields.
+/// A [`FileStat`] from the fields of `fstat` or `statx`.
 pub(crate) fn file_stat(size: u64, ino: u64, mode: u32, mtime_s: i64, mtime_ns: u32) -> FileStat {
     let file_type = match rfs::FileType::from_raw_mode(mode as _) {
         rfs::FileType::RegularFile => FileType::Regular,
@@ -198,20 +194,37 @@ pub(crate) fn shutdown_write(sock: &OwnedFd) -> io::Result<()> {
 /// With `beneath`, resolution stays under `dir` and refuses magic links; with
 /// [`Wait::NoWait`], `RESOLVE_CACHED` makes a lookup that needs the disk fail with `EAGAIN`.
 pub(crate) fn open(dir: &OwnedFd, path: &CStr, beneath: bool, wait: Wait) -> io::Result<OwnedFd> {
-    let mut resolve = ResolveFlags::empty();
-    if beneath {
-        resolve |= ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    }
+    let mut resolve = open_resolve(beneath);
     if wait == Wait::NoWait {
         resolve |= ResolveFlags::CACHED;
     }
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-    match rfs::openat2(dir, path, flags | OFlags::NOATIME, Mode::empty(), resolve) {
+    match rfs::openat2(
+        dir,
+        path,
+        OPEN_FLAGS | OFlags::NOATIME,
+        Mode::empty(),
+        resolve,
+    ) {
         Err(Errno::PERM) => {
             NOATIME_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            rfs::openat2(dir, path, flags, Mode::empty(), resolve).map_err(io_err)
+            rfs::openat2(dir, path, OPEN_FLAGS, Mode::empty(), resolve).map_err(io_err)
         }
         r => r.map_err(io_err),
+    }
+}
+
+/// The open flags of every file open (besides `O_NOATIME`, asked for and dropped on `EPERM`).
+const OPEN_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOCTTY)
+    .union(OFlags::NONBLOCK);
+
+/// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` when the open must stay beneath its directory.
+fn open_resolve(beneath: bool) -> ResolveFlags {
+    if beneath {
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
+    } else {
+        ResolveFlags::empty()
     }
 }
 
@@ -221,19 +234,13 @@ pub static NOATIME_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::At
 /// `fstat`.
 pub(crate) fn stat(file: &OwnedFd) -> io::Result<FileStat> {
     let st = rfs::fstat(file).map_err(io_err)?;
-    let file_type = match rfs::FileType::from_raw_mode(st.st_mode) {
-        rfs::FileType::RegularFile => FileType::Regular,
-        rfs::FileType::Directory => FileType::Directory,
-        _ => FileType::Other,
-    };
-    let secs = u64::try_from(st.st_mtime).unwrap_or(0);
-    let nsec = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
-    Ok(FileStat {
-        len_bytes: u64::try_from(st.st_size).unwrap_or(0),
-        ino: st.st_ino,
-        modified: UNIX_EPOCH + Duration::new(secs, nsec),
-        file_type,
-    })
+    Ok(file_stat(
+        u64::try_from(st.st_size).unwrap_or(0),
+        st.st_ino,
+        st.st_mode,
+        st.st_mtime,
+        u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+    ))
 }
 
 /// `preadv2` of up to `len` bytes at `offset`, appended to `buf`; with [`Wait::NoWait`] it uses

@@ -58,6 +58,13 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     .map_err(io_err)
 }
 
+/// Open `path` beneath `dir`, blocking, exactly as the engine's `Op::Open` does (flags,
+/// resolution, `O_NOATIME` with its fallback) — for baselines that must make the same call
+/// without the engine (`lair micro`'s thread-per-request program).
+pub fn open_beneath(dir: &OwnedFd, path: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    super::os::open(dir, path, true, super::os::Wait::Block)
+}
+
 /// Open (create) a file for appending, e.g. the access log.
 pub fn open_append(path: &Path) -> io::Result<OwnedFd> {
     rfs::open(

@@ -397,7 +397,8 @@ impl UringBackend {
                     kind,
                     state: State::FileToStage { sock, file, stage },
                 };
-                self.queue_stage_read(flight, offset, len);
+                // The stage buffer is empty; a step reads at most one chunk.
+                self.queue(flight, Some((offset, len.min(SENDFILE_CHUNK))));
                 return Ok(());
             }
             Op::Shutdown { sock } => State::Shutdown { sock },
@@ -547,11 +548,6 @@ impl UringBackend {
         };
         let id = self.slot(f);
         self.push(&e.user_data(id));
-    }
-
-    fn queue_stage_read(&mut self, f: Flight, offset: u64, len: usize) {
-        // The offset rides in the flight's entry; the stage buffer is empty.
-        self.queue(f, Some((offset, len.min(SENDFILE_CHUNK))));
     }
 
     /// Cancel everything in flight on `fd` (each completes with `ECANCELED` unless it finished
