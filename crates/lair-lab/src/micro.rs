@@ -44,8 +44,12 @@ pub struct Row {
     pub cache: String,
     /// Calls or requests made.
     pub ops: u64,
-    /// Wall time, seconds.
+    /// Wall time, seconds (the median run's, after [`median`]).
     pub seconds: f64,
+    /// Fastest and slowest of the repetitions [`median`] chose from (both `seconds` for one run).
+    pub seconds_min: f64,
+    /// See `seconds_min`.
+    pub seconds_max: f64,
     /// Nanoseconds per call or request.
     pub ns_per_op: f64,
     /// Bytes read (open-stat-read).
@@ -56,6 +60,44 @@ pub struct Row {
     pub helper_ops: u64,
     /// Helper threads the backend started.
     pub helper_threads: usize,
+}
+
+impl Row {
+    /// A run of `ops` calls or requests that took `seconds`; the other counts start at zero.
+    fn measured(
+        bench: &str,
+        way: &str,
+        threads: usize,
+        ops: u64,
+        seconds: f64,
+        before: &Sample,
+    ) -> Row {
+        Row {
+            bench: bench.into(),
+            way: way.into(),
+            threads,
+            cache: String::new(),
+            ops,
+            seconds,
+            seconds_min: seconds,
+            seconds_max: seconds,
+            ns_per_op: seconds * 1e9 / ops.max(1) as f64,
+            bytes: 0,
+            context_switches: cs(before),
+            helper_ops: 0,
+            helper_threads: 0,
+        }
+    }
+}
+
+/// The median of repetitions of one cell (by time), carrying the range of their times.
+pub fn median(mut reps: Vec<Row>) -> Option<Row> {
+    reps.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let (lo, hi) = (reps.first()?.seconds, reps.last()?.seconds);
+    let mut mid = reps.swap_remove(reps.len() / 2);
+    mid.seconds_min = lo;
+    mid.seconds_max = hi;
+    Some(mid)
 }
 
 fn cs(before: &Sample) -> u64 {
@@ -82,19 +124,7 @@ pub fn getpid_direct(calls: u64) -> Row {
     }
     std::hint::black_box(sum);
     let seconds = start.elapsed().as_secs_f64();
-    Row {
-        bench: "getpid".into(),
-        way: "direct".into(),
-        threads: 1,
-        cache: String::new(),
-        ops: calls,
-        seconds,
-        ns_per_op: seconds * 1e9 / calls.max(1) as f64,
-        bytes: 0,
-        context_switches: cs(&before),
-        helper_ops: 0,
-        helper_threads: 0,
-    }
+    Row::measured("getpid", "direct", 1, calls, seconds, &before)
 }
 
 /// `calls` `getpid` calls through backend `kind`, at most `inflight` at once (and as many
@@ -146,17 +176,9 @@ impl WithBackend for Getpid {
         std::hint::black_box(sum);
         let seconds = start.elapsed().as_secs_f64();
         Ok(Row {
-            bench: "getpid".into(),
-            way: String::new(),
-            threads: self.inflight,
-            cache: String::new(),
-            ops: self.calls,
-            seconds,
-            ns_per_op: seconds * 1e9 / self.calls.max(1) as f64,
-            bytes: 0,
-            context_switches: cs(&before),
             helper_ops: b.counters().op(OpKind::Call).helper,
             helper_threads: b.helper_threads(),
+            ..Row::measured("getpid", "", self.inflight, self.calls, seconds, &before)
         })
     }
 }
@@ -227,7 +249,8 @@ fn bench_name(read: bool) -> &'static str {
 }
 
 /// Thread per request: `threads` threads, request `i` on thread `i % threads`, each request
-/// `openat2` (the engine's flags) + `fstat` (+ `pread` to the end) in sequence.
+/// the engine's own blocking open ([`setup::open_beneath`]) + `fstat` (+ `pread` to the end)
+/// in sequence.
 pub fn open_stat_threads(trace: &Trace, threads: usize, read: bool) -> anyhow::Result<Row> {
     let dir = setup::open_dir(&trace.root).context("opening the fileset root")?;
     let threads = threads.max(1);
@@ -241,7 +264,7 @@ pub fn open_stat_threads(trace: &Trace, threads: usize, read: bool) -> anyhow::R
                     let mut buf = vec![0u8; READ_CHUNK];
                     let mut bytes = 0u64;
                     for path in trace.requests.iter().skip(t).step_by(threads) {
-                        let fd = open_like_the_engine(dir, path)?;
+                        let fd = setup::open_beneath(dir, path)?;
                         let st = rustix::fs::fstat(&fd)?;
                         if read {
                             bytes += read_all(&fd, st.st_size as u64, &mut buf)?;
@@ -259,42 +282,9 @@ pub fn open_stat_threads(trace: &Trace, threads: usize, read: bool) -> anyhow::R
     let seconds = start.elapsed().as_secs_f64();
     let n = trace.requests.len() as u64;
     Ok(Row {
-        bench: bench_name(read).into(),
-        way: "threads".into(),
-        threads,
-        cache: String::new(),
-        ops: n,
-        seconds,
-        ns_per_op: seconds * 1e9 / n.max(1) as f64,
         bytes,
-        context_switches: cs(&before),
-        helper_ops: 0,
-        helper_threads: 0,
+        ..Row::measured(bench_name(read), "threads", threads, n, seconds, &before)
     })
-}
-
-/// The open the engine's backends make for the server (`openat2`, read-only, beneath the
-/// directory, no magic links, `O_NOATIME`, `O_NONBLOCK`), so the baseline makes the same call.
-fn open_like_the_engine(dir: &OwnedFd, path: &CString) -> std::io::Result<OwnedFd> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    match rustix::fs::openat2(
-        dir,
-        path.as_c_str(),
-        flags | OFlags::NOATIME,
-        Mode::empty(),
-        resolve,
-    ) {
-        Err(rustix::io::Errno::PERM) => Ok(rustix::fs::openat2(
-            dir,
-            path.as_c_str(),
-            flags,
-            Mode::empty(),
-            resolve,
-        )?),
-        r => Ok(r?),
-    }
 }
 
 fn read_all(fd: &OwnedFd, size: u64, buf: &mut [u8]) -> std::io::Result<u64> {
@@ -473,27 +463,27 @@ impl WithBackend for OpenStat<'_> {
             .map(|k| c.op(k).helper)
             .sum();
         Ok(Row {
-            bench: bench_name(self.read).into(),
-            way: String::new(),
-            threads: self.inflight,
-            cache: String::new(),
-            ops: n as u64,
-            seconds,
-            ns_per_op: seconds * 1e9 / n.max(1) as f64,
             bytes,
-            context_switches: cs(&before),
             helper_ops,
             helper_threads: b.helper_threads(),
+            ..Row::measured(
+                bench_name(self.read),
+                "",
+                self.inflight,
+                n as u64,
+                seconds,
+                &before,
+            )
         })
     }
 }
 
-/// Rows as a Markdown table, with each row's time relative to the first row of its group
-/// (same bench and cache): the direct call or the thread baseline.
+/// Rows as a Markdown table, with each row's time relative to its baseline (same bench and
+/// cache: the direct call, or the thread baseline with as many threads) and its range.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| bench | cache | way | threads | ops | time (s) | ns/op | × base | context switches | helper ops |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| bench | cache | way | threads | ops | time (s) | ns/op | × base | context switches | helper ops | range (s) |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let base = rows
@@ -505,7 +495,7 @@ pub fn table(rows: &[Row]) -> String {
             })
             .map_or(f64::NAN, |b| r.seconds / b.seconds);
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.3} | {:.0} | {:.2} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.3} | {:.0} | {:.2} | {} | {} | {:.3}–{:.3} |\n",
             r.bench,
             if r.cache.is_empty() { "-" } else { &r.cache },
             r.way,
@@ -515,7 +505,9 @@ pub fn table(rows: &[Row]) -> String {
             r.ns_per_op,
             base,
             r.context_switches,
-            r.helper_ops
+            r.helper_ops,
+            r.seconds_min,
+            r.seconds_max
         ));
     }
     out

@@ -67,36 +67,11 @@ struct OpenStatArgs {
     common: Common,
 }
 
-/// The median row of repetitions (by time), with the range of times.
-fn median(mut reps: Vec<Row>) -> Option<(Row, f64, f64)> {
-    reps.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-    let (lo, hi) = (reps.first()?.seconds, reps.last()?.seconds);
-    let mid = reps.swap_remove(reps.len() / 2);
-    Some((mid, lo, hi))
-}
-
-fn print(rows: Vec<(Row, f64, f64)>, json: bool) -> anyhow::Result<()> {
+fn print(rows: Vec<Row>, json: bool) -> anyhow::Result<()> {
     if json {
-        let v: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(r, lo, hi)| {
-                let mut v = serde_json::to_value(r).unwrap_or_default();
-                v["seconds_min"] = (*lo).into();
-                v["seconds_max"] = (*hi).into();
-                v
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    let only: Vec<Row> = rows.iter().map(|(r, _, _)| r.clone()).collect();
-    let table = micro::table(&only);
-    // The table, with each row's range of times appended.
-    let mut lines = table.lines();
-    println!("{} range (s) |", lines.next().unwrap_or_default());
-    println!("{}---:|", lines.next().unwrap_or_default());
-    for (line, (_, lo, hi)) in lines.zip(&rows) {
-        println!("{line} {lo:.3}–{hi:.3} |");
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", micro::table(&rows));
     }
     Ok(())
 }
@@ -122,7 +97,10 @@ pub fn run(a: MicroArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            print(cells.into_iter().filter_map(median).collect(), common.json)
+            print(
+                cells.into_iter().filter_map(micro::median).collect(),
+                common.json,
+            )
         }
         Bench::OpenStat(o) => open_stat(*o, false),
         Bench::OpenStatRead(o) => open_stat(*o, true),
@@ -196,7 +174,7 @@ fn open_stat(o: OpenStatArgs, read: bool) -> anyhow::Result<()> {
         }
     }
     print(
-        cells.into_iter().filter_map(median).collect(),
+        cells.into_iter().filter_map(micro::median).collect(),
         o.common.json,
     )
 }
