@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""What cachestat(2) costs per call and per page checked (the lazy backend asks it before
+every inline sendfile). Times N calls over cached ranges of growing size from Python; the
+difference between sizes is the kernel's per-page cost (Python's own overhead is in the base).
+The kernel walks folios, not pages, so the cost depends on how the file entered the cache: by
+default two 2 MiB files are made next to the script's working directory (ext4 here), one
+written in 4 KiB pieces (small folios) and one in a single write (large folios).
+
+    python3 scripts/cachestat-cost.py [FILE ...]
+"""
+import ctypes
+import os
+import sys
+import tempfile
+import time
+
+SYS_CACHESTAT = 451  # x86_64 and aarch64
+
+
+class Range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class Cachestat(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+
+def measure(libc, path):
+    fd = os.open(path, os.O_RDONLY)
+    with open(path, "rb") as f:  # bring it into the page cache
+        while f.read(1 << 20):
+            pass
+    size = os.fstat(fd).st_size
+    cs = Cachestat()
+    rows = []
+    for length in (4096, 65536, 131072, 524288, 2 << 20):
+        if length > size:
+            break
+        r = Range(0, length)
+        n = 20000
+        t = time.perf_counter()
+        for _ in range(n):
+            if libc.syscall(SYS_CACHESTAT, fd, ctypes.byref(r), ctypes.byref(cs), 0) != 0:
+                sys.exit(f"cachestat: {os.strerror(ctypes.get_errno())} (needs Linux 6.5)")
+        rows.append((length, (time.perf_counter() - t) / n * 1e9, cs.cache))
+    os.close(fd)
+    base = rows[0][1]
+    print(f"\n{path}\n")
+    print("| range | pages cached | ns per call | ns per extra page |")
+    print("|---:|---:|---:|---:|")
+    for length, ns, cached in rows:
+        pages = length // 4096
+        extra = f"{(ns - base) / (pages - 1):.0f}" if pages > 1 else "-"
+        print(f"| {length // 1024} KiB | {cached} | {ns:.0f} | {extra} |")
+
+
+def main():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if len(sys.argv) > 1:
+        for path in sys.argv[1:]:
+            measure(libc, path)
+        return
+    data = os.urandom(2 << 20)
+    with tempfile.TemporaryDirectory(dir=".") as d:
+        small = os.path.join(d, "written-in-4k-pieces")
+        with open(small, "wb", buffering=0) as f:
+            for i in range(0, len(data), 4096):
+                f.write(data[i : i + 4096])
+        large = os.path.join(d, "written-at-once")
+        with open(large, "wb", buffering=0) as f:
+            f.write(data)
+        for path in (small, large):
+            os.sync()
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # re-read: folios as read-ahead makes them
+            os.close(fd)
+            measure(libc, path)
+
+
+if __name__ == "__main__":
+    main()
