@@ -20,6 +20,8 @@ declare -A pkg_of=(
   [lighttpd]=lighttpd
   [taskset]=util-linux   # the lab pins servers to a CPU
   [ip]=iproute2          # the lab's slow-client namespaces
+  [losetup]=util-linux   # the lab's emulated disk: a loop device…
+  [mkfs.ext4]=e2fsprogs  # …holding an ext4 image
 )
 missing=()
 for cmd in "${!pkg_of[@]}"; do

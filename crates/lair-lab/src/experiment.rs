@@ -32,6 +32,7 @@
 //! name = "cold-slow-disk"
 //! cache = "cold"                       # or "warm" (the default)
 //! disk = { read_iops = 200 }           # cgroup v1 blkio or v2 io.max
+//! device = { latency = "5ms", channels = 8 }  # or an emulated disk (crate::disk)
 //! net = { rate = "8mbit" }             # clients in a netns behind tbf
 //! client = { recv_rate = "20k", recv_buffer = "4k" }
 //!
@@ -178,6 +179,10 @@ pub struct Environment {
     /// Slow disk.
     #[serde(default)]
     pub disk: Option<DiskLimit>,
+    /// An emulated disk under each fileset: reads take a fixed time on parallel channels
+    /// (root; [`crate::disk`]).
+    #[serde(default)]
+    pub device: Option<crate::disk::DiskModel>,
     /// Slow network.
     #[serde(default)]
     pub net: Option<Net>,

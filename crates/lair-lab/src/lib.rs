@@ -3,7 +3,8 @@
 //! An experiment is a TOML file under `experiments/` ([`experiment`]): servers × workloads ×
 //! client counts × environments × repetitions. [`run::run`] makes the filesets
 //! ([`workload`], [`fileset`]), sets up the environment ([`env`]: cold cache, slow disk, slow
-//! clients, all undone afterwards), starts each server pinned to its CPU ([`servers`]: lair's
+//! clients, all undone afterwards; [`disk`]: an emulated disk whose reads take a fixed time
+//! on parallel channels), starts each server pinned to its CPU ([`servers`]: lair's
 //! backends, nginx, nginx `aio threads`, lighttpd), drives it with `lair-load` clients pinned
 //! to theirs, reads the server's cost from `/proc` ([`proc`]) and its engine counters, and
 //! writes JSON, CSV, a Markdown summary and SVG plots ([`report`]). Access logs of one's own
@@ -11,11 +12,13 @@
 //! [`micro`].
 //!
 //! The lab changes the system only as root and only in ways it undoes: cgroups and network
-//! namespaces it names after its PID, page-cache state of its own files.
+//! namespaces it names after its PID, loop devices and mounts over its own filesets, page-cache
+//! state of its own files.
 
 #![forbid(unsafe_code)]
 
 pub mod clf;
+pub mod disk;
 pub mod env;
 pub mod experiment;
 pub mod fileset;

@@ -37,7 +37,7 @@ pub fn rebuild(dir: &Path, r: &Results) -> anyhow::Result<()> {
 const CSV_HEAD: &str = "server,workload,environment,group,clients,rep,connections,requests,\
 requests_per_s,mb_per_s,p50_us,p90_us,p99_us,p999_us,max_us,errors,server_user_s,\
 server_system_s,server_cpu_us_per_req,server_voluntary_cs,server_involuntary_cs,\
-server_rss_kib,client_cpu_s,cached_at_start,disk_reads";
+server_rss_kib,client_cpu_s,cached_at_start,disk_reads,disk_depth";
 
 fn csv(rows: &[Row]) -> String {
     let mut s = String::from(CSV_HEAD);
@@ -45,7 +45,7 @@ fn csv(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{:.1},{:.3},{},{},{},{},{},{},{:.3},{:.3},{:.2},{},{},{},{:.3},{:.3},{}",
+            "{},{},{},{},{},{},{},{},{:.1},{:.3},{},{},{},{},{},{},{:.3},{:.3},{:.2},{},{},{},{:.3},{:.3},{},{}",
             r.server,
             r.workload,
             r.environment,
@@ -71,6 +71,7 @@ fn csv(rows: &[Row]) -> String {
             r.client_cpu_s,
             r.cached_at_start,
             r.disk_reads.map_or(String::new(), |d| d.to_string()),
+            r.disk_depth.map_or(String::new(), |d| format!("{d:.1}")),
         );
     }
     s
@@ -214,6 +215,7 @@ fn summary(r: &Results, plots: &[String]) -> String {
                     .filter_map(|r| r.disk_reads)
                     .map(|d| d as f64)
                     .collect::<Vec<_>>();
+                let depths = reps.iter().filter_map(|r| r.disk_depth).collect::<Vec<_>>();
                 let range = |sp: Spread| {
                     if reps.len() > 1 {
                         format!(
@@ -236,10 +238,14 @@ fn summary(r: &Results, plots: &[String]) -> String {
                     fmt_num(cpu.median),
                     fmt_num(vcs.median),
                     cached.min * 100.0,
-                    if reads.is_empty() {
-                        "–".into()
-                    } else {
-                        fmt_num(spread(reads).median)
+                    match (reads.is_empty(), depths.is_empty()) {
+                        (true, _) => "–".into(),
+                        (false, true) => fmt_num(spread(reads).median),
+                        (false, false) => format!(
+                            "{} (depth {:.1})",
+                            fmt_num(spread(reads).median),
+                            spread(depths).median
+                        ),
                     },
                 );
             }

@@ -19,6 +19,7 @@ use anyhow::{bail, Context as _};
 use lair_load::{Expect, LoadConfig, Manifest, Mode, Progress, Slow, Stop};
 use serde::{Deserialize, Serialize};
 
+use crate::disk::EmulatedDisk;
 use crate::env::{Netns, Throttle, Undo};
 use crate::experiment::{Cache, Environment, Experiment, Group, Replay};
 use crate::fileset::{self, Fileset};
@@ -98,8 +99,13 @@ pub struct Row {
     pub client_cpu_s: f64,
     /// Share of this group's files in the page cache when the run started.
     pub cached_at_start: f64,
-    /// Reads the slow disk's cgroup counted during the run.
+    /// Reads the slow disk counted during the run (its cgroup's counter, or the emulated
+    /// device's).
     pub disk_reads: Option<u64>,
+    /// Emulated device only: the mean number of reads in the device when one arrived — how
+    /// much I/O the server kept in flight.
+    #[serde(default)]
+    pub disk_depth: Option<f64>,
     /// lair's engine counters and HTTP statistics.
     pub engine: Option<serde_json::Value>,
 }
@@ -342,6 +348,14 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
                 ),
                 None => None,
             };
+            let devices = match &env.device {
+                Some(model) => prepared
+                    .iter()
+                    .map(|p| EmulatedDisk::over(&mut undo, model, &p.fileset.dir))
+                    .collect::<anyhow::Result<Vec<_>>>()
+                    .with_context(|| format!("environment {}: emulated disk", env.name))?,
+                None => Vec::new(),
+            };
             let netns = match &env.net {
                 Some(n) => Some(
                     Netns::new(&mut undo, &n.rate)
@@ -350,7 +364,7 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
                 None => None,
             };
             for rep in 0..x.repetitions {
-                for p in &prepared {
+                for (i, p) in prepared.iter().enumerate() {
                     for &clients in &x.clients {
                         // Rotate the server order each repetition: no server always runs
                         // first (or right after the slowest).
@@ -374,6 +388,7 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
                                 rep,
                                 cpus,
                                 throttle: throttle.as_ref(),
+                                device: devices.get(i),
                                 netns: netns.as_ref(),
                                 work: &work,
                             };
@@ -432,6 +447,7 @@ struct Cell<'a> {
     rep: usize,
     cpus: crate::experiment::Cpus,
     throttle: Option<&'a Throttle>,
+    device: Option<&'a EmulatedDisk>,
     netns: Option<&'a Netns>,
     work: &'a Path,
 }
@@ -561,8 +577,12 @@ impl Cell<'_> {
             };
             cached.push(r.fraction());
         }
+        if let (true, Some(d)) = (cold, self.device) {
+            d.drop_metadata()?;
+        }
         let before = crate::proc::sample(server.pid).context("server vanished before the run")?;
         let reads_before = self.throttle.map(Throttle::reads);
+        let device_before = self.device.map(EmulatedDisk::counts);
         let client_before = own_cpu_s();
         let reports = self.load(addr, false, false)?;
         let client_cpu_s = own_cpu_s() - client_before;
@@ -573,6 +593,13 @@ impl Cell<'_> {
             .map(Throttle::reads)
             .zip(reads_before)
             .map(|(a, b)| a.saturating_sub(b));
+        let device = self
+            .device
+            .map(EmulatedDisk::counts)
+            .zip(device_before)
+            .map(|(a, b)| a.since(&b));
+        let disk_reads = disk_reads.or(device.map(|d| d.reads));
+        let disk_depth = device.and_then(|d| d.mean_depth());
         let engine = server.stop();
         let d = after.since(&before);
         let all_requests: u64 = reports.iter().flatten().map(|r| r.requests).sum();
@@ -610,6 +637,7 @@ impl Cell<'_> {
                 client_cpu_s,
                 cached_at_start: cached[g],
                 disk_reads,
+                disk_depth,
                 engine: engine.clone(),
             });
         }

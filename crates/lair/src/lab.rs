@@ -64,6 +64,22 @@ enum LabCommand {
         /// Folder to write.
         out: PathBuf,
     },
+    /// Put a directory on an emulated slow disk until Ctrl-C: its contents copied into an
+    /// ext4 image whose reads take LATENCY each on CHANNELS parallel channels, mounted
+    /// read-only over the directory (root; the same disk as an experiment's `device`).
+    Disk {
+        /// The directory (a docroot, say).
+        dir: PathBuf,
+        /// Service time of one read.
+        #[arg(long, default_value = "5ms")]
+        latency: String,
+        /// Reads served at once.
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+        /// Transfer rate of a channel (`100M`); unlimited if not given.
+        #[arg(long)]
+        read_bps: Option<String>,
+    },
     /// Write a content manifest (path, size, CRC-32) of a docroot for `lair load --manifest`.
     Manifest {
         /// The docroot.
@@ -84,6 +100,16 @@ fn experiment_file(dir: &Path, name: &str) -> PathBuf {
     } else {
         dir.join(format!("{name}.toml"))
     }
+}
+
+/// A flag raised by Ctrl-C or SIGTERM.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&flag))
+        .context("installing the Ctrl-C handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&flag))
+        .context("installing the SIGTERM handler")?;
+    Ok(flag)
 }
 
 /// Run `lair lab`.
@@ -140,11 +166,7 @@ pub fn run(a: LabArgs) -> anyhow::Result<()> {
                 }
                 x.repetitions = n;
             }
-            let cancel = Arc::new(AtomicBool::new(false));
-            signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&cancel))
-                .context("installing the Ctrl-C handler")?;
-            signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&cancel))
-                .context("installing the SIGTERM handler")?;
+            let cancel = stop_flag()?;
             let opts = lair_lab::run::RunOptions {
                 quick,
                 results: out,
@@ -198,6 +220,44 @@ pub fn run(a: LabArgs) -> anyhow::Result<()> {
                 anyhow::bail!("no request kept from {}", log.display());
             }
             println!("{}", out.display());
+            Ok(())
+        }
+        LabCommand::Disk {
+            dir,
+            latency,
+            channels,
+            read_bps,
+        } => {
+            let model = lair_lab::disk::DiskModel {
+                latency,
+                channels,
+                read_bps,
+            };
+            let stop = stop_flag()?;
+            let mut undo = lair_lab::env::Undo::default();
+            let disk = lair_lab::disk::EmulatedDisk::over(&mut undo, &model, &dir)?;
+            eprintln!(
+                "lair lab: {} is on the emulated disk ({}); Ctrl-C to undo",
+                disk.dir.display(),
+                disk.loop_device.display()
+            );
+            let mut last = disk.counts();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let now = disk.counts();
+                let d = now.since(&last);
+                if d.reads > 0 {
+                    eprintln!(
+                        "{:>7} reads/s {:>9.1} MB/s  mean depth {:>6.1}  wait {:>6.2} ms/read",
+                        d.reads,
+                        d.bytes as f64 / 1e6,
+                        d.mean_depth().unwrap_or(0.0),
+                        d.wait_us as f64 / 1e3 / d.reads as f64
+                    );
+                }
+                last = now;
+            }
+            undo.run();
             Ok(())
         }
         LabCommand::Manifest { root } => {
