@@ -19,6 +19,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub addrs: Vec<SocketAddr>,
     stderr: mpsc::Receiver<String>,
+    /// Lines read while waiting for the listening line (start-up warnings among them).
+    startup: Vec<String>,
 }
 
 /// How to start the server.
@@ -100,6 +102,7 @@ impl<'a> Opts<'a> {
             addr: "0.0.0.0:0".parse().unwrap(),
             addrs: Vec::new(),
             stderr: rx,
+            startup: Vec::new(),
         };
         let want = self.listen.len();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -110,6 +113,7 @@ impl<'a> Opts<'a> {
                     if let Some(a) = line.strip_prefix("lair: listening on http://") {
                         server.addrs.push(a.parse().expect("address"));
                     }
+                    server.startup.push(line);
                 }
                 Err(_) => panic!("lair did not start: {:?}", server.child.try_wait()),
             }
@@ -144,7 +148,8 @@ impl Server {
             assert!(Instant::now() < deadline, "lair did not stop");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut lines = Vec::new();
+        // Everything it wrote, start-up included: a warning may come before it listens.
+        let mut lines = std::mem::take(&mut self.startup);
         while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
             lines.push(l);
         }
