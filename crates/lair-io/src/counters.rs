@@ -77,6 +77,22 @@ impl Counters {
         &self.ops[kind.index()]
     }
 
+    /// Count an operation that finished inline, and hand its completion back as `submit`'s
+    /// answer.
+    #[inline(always)]
+    pub(crate) fn done_inline(
+        &mut self,
+        token: crate::op::Token,
+        kind: OpKind,
+        result: std::io::Result<usize>,
+        out: crate::op::Out,
+    ) -> crate::op::Submit {
+        let c = self.op_mut(kind);
+        c.inline += 1;
+        c.errors += u64::from(result.is_err());
+        crate::op::Submit::Done(crate::op::Completion::new(token, kind, result, out))
+    }
+
     pub(crate) fn op_mut(&mut self, kind: OpKind) -> &mut OpCounters {
         &mut self.ops[kind.index()]
     }

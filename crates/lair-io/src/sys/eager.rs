@@ -13,7 +13,7 @@
 use super::exec::Step;
 use super::reactor::{Policy, Readiness};
 use super::EngineConfig;
-use crate::op::Op;
+use crate::op::{Attempt, Op};
 use crate::Error;
 
 /// The `eager` policy: everything to a helper.
@@ -24,6 +24,7 @@ pub type EagerBackend = Readiness<Eager>;
 
 impl Policy for Eager {
     const NAME: &'static str = "eager";
+    const CALL_ON_LOOP: Option<Attempt> = None;
 
     fn new(_config: &EngineConfig) -> Result<Self, Error> {
         Ok(Eager)

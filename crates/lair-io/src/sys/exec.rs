@@ -10,7 +10,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::os::{self, Wait};
-use crate::op::{Attempt, Op, Out};
+use crate::op::{Attempt, Call, Op, Out};
 
 /// What became of an attempt.
 pub enum Step {
@@ -247,11 +247,22 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             } else {
                 Attempt::MayBlock
             };
-            match f(attempt) {
-                Ok(v) => Step::Done(Ok(usize::try_from(v).unwrap_or(usize::MAX)), Out::None),
-                Err(e) if nowait && would_block(&e) => Step::Helper(Op::Call(f)),
-                Err(e) => Step::Done(Err(e), Out::None),
+            match call_once(&mut f, attempt) {
+                Some(r) => Step::Done(r, Out::None),
+                None => Step::Helper(Op::Call(f)),
             }
         }
+    }
+}
+
+/// Run a generic call once; `None`: it would block (only asked with [`Attempt::NoWait`]).
+/// Always inlined, so a backend's short path for calls adds no frame (see
+/// `Readiness::submit_call`).
+#[inline(always)]
+pub(crate) fn call_once(f: &mut Call, attempt: Attempt) -> Option<io::Result<usize>> {
+    match f(attempt) {
+        Ok(v) => Some(Ok(usize::try_from(v).unwrap_or(usize::MAX))),
+        Err(e) if attempt == Attempt::NoWait && would_block(&e) => None,
+        Err(e) => Some(Err(e)),
     }
 }

@@ -14,7 +14,7 @@ use super::exec::{exec, Caps, Step};
 use super::os::Wait;
 use super::reactor::{Policy, Readiness};
 use super::EngineConfig;
-use crate::op::Op;
+use crate::op::{Attempt, Op};
 use crate::Error;
 
 /// The `hybrid` policy.
@@ -27,6 +27,7 @@ pub type HybridBackend = Readiness<Hybrid>;
 
 impl Policy for Hybrid {
     const NAME: &'static str = "hybrid";
+    const CALL_ON_LOOP: Option<Attempt> = None;
 
     fn new(_config: &EngineConfig) -> Result<Self, Error> {
         Ok(Hybrid { caps: Caps::none() })

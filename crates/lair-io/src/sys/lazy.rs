@@ -17,7 +17,7 @@ use super::exec::{exec, Caps, Step};
 use super::os::{self, Wait};
 use super::reactor::{Policy, Readiness};
 use super::EngineConfig;
-use crate::op::Op;
+use crate::op::{Attempt, Op};
 use crate::Error;
 
 /// The `lazy` policy.
@@ -32,6 +32,7 @@ static PROBED: OnceLock<Caps> = OnceLock::new();
 
 impl Policy for Lazy {
     const NAME: &'static str = "lazy";
+    const CALL_ON_LOOP: Option<Attempt> = Some(Attempt::NoWait);
 
     fn new(config: &EngineConfig) -> Result<Self, Error> {
         let caps = *PROBED.get_or_init(|| probe(config));

@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 
-use super::exec::{exec, Caps, Step};
+use super::exec::{call_once, exec, Caps, Step};
 use super::helpers::{Finished, Helpers, Job, JobMeta};
 use super::os::{self, Ready, Wait};
 use super::{Backend, EngineConfig, Waker};
 use crate::counters::Counters;
-use crate::op::{Completion, Interest, Op, OpSet, Submit, Token};
+use crate::op::{Attempt, Call, Completion, Interest, Op, OpKind, OpSet, Out, Submit, Token};
 use crate::Error;
 
 /// How a backend first attempts an operation (and each retry after readiness).
@@ -36,6 +36,10 @@ pub trait Policy: Sized + 'static {
     const NAME: &'static str;
     /// Set up (probe the kernel, read the configuration).
     fn new(config: &EngineConfig) -> Result<Self, Error>;
+    /// How the policy runs a generic [`Op::Call`] on the loop itself, if it does (`None`: it
+    /// sends every call to a helper). A call run on the loop takes a short path through
+    /// [`Backend::submit`].
+    const CALL_ON_LOOP: Option<Attempt>;
     /// Attempt `op`.
     fn start(&mut self, op: Op) -> Step;
 }
@@ -98,40 +102,12 @@ impl<P: Policy> Backend for Readiness<P> {
         })
     }
 
+    // Always inlined: a generic call then runs one frame below the caller (see submit_call).
+    #[inline(always)]
     fn submit(&mut self, token: Token, op: Op) -> Submit {
-        let kind = op.kind();
-        self.counters.op_mut(kind).submitted += 1;
-        if let Op::Close { fd } = &op {
-            self.cancel(fd);
-        }
-        if let Op::Recv {
-            sock,
-            poll_first: true,
-            ..
-        } = &op
-        {
-            if self.known_unreadable(sock) {
-                return self.park_new(token, op);
-            }
-        }
-        match self.start(op) {
-            Step::Done(result, out) => {
-                let c = self.counters.op_mut(kind);
-                c.inline += 1;
-                c.errors += u64::from(result.is_err());
-                Submit::Done(Completion::new(token, kind, result, out))
-            }
-            Step::WouldBlock(op) => self.park_new(token, op),
-            Step::Helper(op) => {
-                self.send_to_helper(Job {
-                    token,
-                    op,
-                    sent: Instant::now(),
-                    parked: false,
-                    helped: false,
-                });
-                Submit::Pending
-            }
+        match op {
+            Op::Call(f) => self.submit_call(token, f),
+            op => self.submit_op(token, op),
         }
     }
 
@@ -194,6 +170,69 @@ impl<P: Policy> Backend for Readiness<P> {
 }
 
 impl<P: Policy> Readiness<P> {
+    /// Every operation but a generic call the policy runs on the loop.
+    fn submit_op(&mut self, token: Token, op: Op) -> Submit {
+        let kind = op.kind();
+        self.counters.op_mut(kind).submitted += 1;
+        if let Op::Close { fd } = &op {
+            self.cancel(fd);
+        }
+        if let Op::Recv {
+            sock,
+            poll_first: true,
+            ..
+        } = &op
+        {
+            if self.known_unreadable(sock) {
+                return self.park_new(token, op);
+            }
+        }
+        match self.start(op) {
+            Step::Done(result, out) => self.counters.done_inline(token, kind, result, out),
+            Step::WouldBlock(op) => self.park_new(token, op),
+            Step::Helper(op) => {
+                self.send_to_helper(Job {
+                    token,
+                    op,
+                    sent: Instant::now(),
+                    parked: false,
+                    helped: false,
+                });
+                Submit::Pending
+            }
+        }
+    }
+
+    /// A generic call: run on the loop right here if the policy does (the common case, and
+    /// the one `lair micro getpid` measures: every stack frame between the caller and the
+    /// system call costs a mispredicted return once the kernel has refilled the return stack
+    /// buffer on the way back, so this path keeps them few), else the general path.
+    #[inline(always)]
+    fn submit_call(&mut self, token: Token, mut f: Call) -> Submit {
+        let attempt = if self.laio_ops.contains(OpKind::Call) {
+            P::CALL_ON_LOOP
+        } else {
+            Some(Attempt::MayBlock)
+        };
+        let Some(attempt) = attempt else {
+            return self.submit_op(token, Op::Call(f));
+        };
+        self.counters.op_mut(OpKind::Call).submitted += 1;
+        match call_once(&mut f, attempt) {
+            Some(r) => self.counters.done_inline(token, OpKind::Call, r, Out::None),
+            None => {
+                self.send_to_helper(Job {
+                    token,
+                    op: Op::Call(f),
+                    sent: Instant::now(),
+                    parked: false,
+                    helped: false,
+                });
+                Submit::Pending
+            }
+        }
+    }
+
     /// The socket is registered and no readiness was reported since its last `EAGAIN`.
     fn known_unreadable(&self, sock: &Arc<OwnedFd>) -> bool {
         let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);

@@ -9,7 +9,7 @@ use super::exec::{exec, Caps, Step};
 use super::os::Wait;
 use super::reactor::{Policy, Readiness};
 use super::EngineConfig;
-use crate::op::Op;
+use crate::op::{Attempt, Op};
 use crate::Error;
 
 /// The `sync` policy: run everything in place, blocking on the disk.
@@ -22,6 +22,7 @@ pub type SyncBackend = Readiness<Sync>;
 
 impl Policy for Sync {
     const NAME: &'static str = "sync";
+    const CALL_ON_LOOP: Option<Attempt> = Some(Attempt::MayBlock);
 
     fn new(_config: &EngineConfig) -> Result<Self, Error> {
         Ok(Sync { caps: Caps::none() })

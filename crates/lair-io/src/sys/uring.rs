@@ -43,12 +43,12 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::exec::{exec, Caps, Step};
+use super::exec::{call_once, exec, Caps, Step};
 use super::helpers::{Helpers, Job};
 use super::os::{self, Wait};
 use super::{Backend, EngineConfig, Waker};
 use crate::counters::Counters;
-use crate::op::{Completion, Op, OpKind, OpSet, Out, SharedFd, Submit, Token};
+use crate::op::{Attempt, Call, Completion, Op, OpKind, OpSet, Out, SharedFd, Submit, Token};
 use crate::Error;
 
 /// `user_data` of the multishot poll on the wake-up eventfd.
@@ -202,48 +202,12 @@ impl Backend for UringBackend {
         Ok(b)
     }
 
+    // Always inlined, with the generic call's short path (as in `Readiness::submit`).
+    #[inline(always)]
     fn submit(&mut self, token: Token, op: Op) -> Submit {
-        let kind = op.kind();
-        self.counters.op_mut(kind).submitted += 1;
-        let direct_ok = matches!(
-            kind,
-            OpKind::Open | OpKind::Stat | OpKind::Read | OpKind::Write | OpKind::Call
-        );
-        if direct_ok && !self.laio_ops.contains(kind) {
-            // Outside `--laio-ops`: directly on the loop, as under `sync`.
-            let step = exec(op, Wait::Block, &mut self.direct);
-            return self.inline(token, kind, step);
-        }
         match op {
-            Op::Close { fd } => {
-                self.cancel_fd(&fd);
-                drop(fd);
-                self.inline(token, kind, Step::Done(Ok(0), Out::None))
-            }
-            Op::Call(f) => match exec(Op::Call(f), Wait::NoWait, &mut Caps::none()) {
-                Step::Helper(op) => {
-                    self.counters.op_mut(kind).helper += 1;
-                    self.helpers.submit(Job {
-                        token,
-                        op,
-                        sent: Instant::now(),
-                        parked: false,
-                        helped: true,
-                    });
-                    Submit::Pending
-                }
-                step => self.inline(token, kind, step),
-            },
-            op => match self.start(token, op) {
-                Ok(()) => {
-                    self.counters.op_mut(kind).ring += 1;
-                    Submit::Pending
-                }
-                Err(e) => {
-                    self.counters.op_mut(kind).errors += 1;
-                    Submit::Done(Completion::new(token, kind, Err(e), Out::None))
-                }
-            },
+            Op::Call(f) => self.submit_call(token, f),
+            op => self.submit_op(token, op),
         }
     }
 
@@ -289,14 +253,69 @@ impl Backend for UringBackend {
 }
 
 impl UringBackend {
+    /// Every operation but a generic call.
+    fn submit_op(&mut self, token: Token, op: Op) -> Submit {
+        let kind = op.kind();
+        self.counters.op_mut(kind).submitted += 1;
+        let direct_ok = matches!(
+            kind,
+            OpKind::Open | OpKind::Stat | OpKind::Read | OpKind::Write
+        );
+        if direct_ok && !self.laio_ops.contains(kind) {
+            // Outside `--laio-ops`: directly on the loop, as under `sync`.
+            let step = exec(op, Wait::Block, &mut self.direct);
+            return self.inline(token, kind, step);
+        }
+        match op {
+            Op::Close { fd } => {
+                self.cancel_fd(&fd);
+                drop(fd);
+                self.inline(token, kind, Step::Done(Ok(0), Out::None))
+            }
+            op => match self.start(token, op) {
+                Ok(()) => {
+                    self.counters.op_mut(kind).ring += 1;
+                    Submit::Pending
+                }
+                Err(e) => {
+                    self.counters.op_mut(kind).errors += 1;
+                    Submit::Done(Completion::new(token, kind, Err(e), Out::None))
+                }
+            },
+        }
+    }
+
+    /// A generic call: io_uring has no opcode for an arbitrary function, so it runs on the
+    /// loop like `lazy`'s (without waiting unless outside `--laio-ops`), and goes to a helper
+    /// if it would block.
+    #[inline(always)]
+    fn submit_call(&mut self, token: Token, mut f: Call) -> Submit {
+        let c = self.counters.op_mut(OpKind::Call);
+        c.submitted += 1;
+        let attempt = if self.laio_ops.contains(OpKind::Call) {
+            Attempt::NoWait
+        } else {
+            Attempt::MayBlock
+        };
+        match call_once(&mut f, attempt) {
+            Some(r) => self.counters.done_inline(token, OpKind::Call, r, Out::None),
+            None => {
+                self.counters.op_mut(OpKind::Call).helper += 1;
+                self.helpers.submit(Job {
+                    token,
+                    op: Op::Call(f),
+                    sent: Instant::now(),
+                    parked: false,
+                    helped: true,
+                });
+                Submit::Pending
+            }
+        }
+    }
+
     fn inline(&mut self, token: Token, kind: OpKind, step: Step) -> Submit {
         match step {
-            Step::Done(result, out) => {
-                let c = self.counters.op_mut(kind);
-                c.inline += 1;
-                c.errors += u64::from(result.is_err());
-                Submit::Done(Completion::new(token, kind, result, out))
-            }
+            Step::Done(result, out) => self.counters.done_inline(token, kind, result, out),
             // Only file calls and generic calls run inline here, and never on sockets.
             Step::WouldBlock(op) | Step::Helper(op) => {
                 let c = Completion::new(
