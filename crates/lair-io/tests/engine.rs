@@ -53,6 +53,7 @@ impl WithBackend for Files {
                 dir: root.clone(),
                 path: CString::new("a.txt").unwrap(),
                 beneath: true,
+                prefetch: 0,
             },
         );
         let Out::File(f) = c.out else {
@@ -86,6 +87,7 @@ impl WithBackend for Files {
                     dir: root.clone(),
                     path: CString::new(bad).unwrap(),
                     beneath: true,
+                    prefetch: 0,
                 },
             );
             assert_eq!(
@@ -101,6 +103,7 @@ impl WithBackend for Files {
                 dir: root.clone(),
                 path: CString::new("missing").unwrap(),
                 beneath: true,
+                prefetch: 0,
             },
         );
         assert_eq!(c.result.unwrap_err().kind(), std::io::ErrorKind::NotFound);
@@ -398,6 +401,7 @@ impl WithBackend for NetworkOnly {
             dir: root,
             path: CString::new("a.txt").unwrap(),
             beneath: true,
+            prefetch: 0,
         };
         let Submit::Done(c) = b.submit(Token(1), open) else {
             panic!("{}: open went to the background", B::NAME)

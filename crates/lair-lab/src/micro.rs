@@ -431,6 +431,7 @@ impl WithBackend for OpenStat<'_> {
                         dir: Arc::clone(&self.dir),
                         path,
                         beneath: true,
+                        prefetch: 0,
                     };
                     if let Submit::Done(c) = b.submit(Token(i as u64), op) {
                         ready.push(c);

@@ -172,15 +172,28 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             drop(fd);
             Step::Done(Ok(0), Out::None)
         }
-        Op::Open { dir, path, beneath } => {
+        Op::Open {
+            dir,
+            path,
+            beneath,
+            prefetch,
+        } => {
             if nowait && !caps.cached_open {
-                return Step::Helper(Op::Open { dir, path, beneath });
+                return Step::Helper(Op::Open {
+                    dir,
+                    path,
+                    beneath,
+                    prefetch,
+                });
             }
             match os::open(&dir, &path, beneath, wait) {
                 Ok(fd) => Step::Done(Ok(0), Out::File(fd)),
-                Err(e) if nowait && would_block(&e) => {
-                    Step::Helper(Op::Open { dir, path, beneath })
-                }
+                Err(e) if nowait && would_block(&e) => Step::Helper(Op::Open {
+                    dir,
+                    path,
+                    beneath,
+                    prefetch,
+                }),
                 Err(e) => Step::Done(Err(e), Out::None),
             }
         }

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use super::exec::{exec, Caps, Step};
 use super::os::{self, Wait};
-use crate::op::{Op, Token};
+use crate::op::{Op, Out, Token};
 
 /// An operation travelling through the engine.
 pub(crate) struct Job {
@@ -164,7 +164,14 @@ fn helper_main(shared: &Shared) {
                 _ => None,
             },
         };
+        let prefetch = match &job.op {
+            Op::Open { prefetch, .. } => *prefetch,
+            _ => 0,
+        };
         let step = exec(job.op, Wait::Block, &mut caps);
+        if let (Step::Done(Ok(_), Out::File(fd)), 1..) = (&step, prefetch) {
+            os::prefetch(fd, prefetch);
+        }
         let was_empty = {
             let mut d = lock(&shared.done);
             let was_empty = d.is_empty();

@@ -243,6 +243,13 @@ pub(crate) fn stat(file: &OwnedFd) -> io::Result<FileStat> {
     ))
 }
 
+/// Start reading the first `len` bytes of `file` into the page cache, without waiting
+/// (`POSIX_FADV_WILLNEED`); a hint, so a failure (a directory, say) is ignored.
+pub(crate) fn prefetch(file: &OwnedFd, len: usize) {
+    let len = std::num::NonZeroU64::new(u64::try_from(len).unwrap_or(u64::MAX));
+    let _ = rfs::fadvise(file, 0, len, rfs::Advice::WillNeed);
+}
+
 /// `preadv2` of up to `len` bytes at `offset`, appended to `buf`; with [`Wait::NoWait`] it uses
 /// `RWF_NOWAIT` (`EAGAIN` when the first page is not cached; short when a later one is not).
 pub(crate) fn read(
@@ -321,7 +328,28 @@ struct Cachestat {
 /// Pages past the end of the file are never cached, so callers ask only for ranges inside it.
 pub(crate) fn range_cached(file: &OwnedFd, offset: u64, len: u64) -> io::Result<bool> {
     let (cached, pages) = cached_pages(file, offset, len)?;
-    Ok(cached >= pages)
+    if cached < pages {
+        return Ok(false);
+    }
+    // cachestat counts a page the moment it is in the cache, also while the read that fills
+    // it is still in flight (readahead, a helper's read, a prefetch): a sendfile would then
+    // wait for the disk on the loop. A one-byte RWF_NOWAIT read of the range's last page says
+    // whether it is readable now (the pages of one read complete together, the last last).
+    if pages == 0 {
+        return Ok(true);
+    }
+    let last = (offset + len - 1) & !4095;
+    let mut byte = [0u8; 1];
+    match rustix::io::preadv2(
+        file,
+        &mut [io::IoSliceMut::new(&mut byte)],
+        last,
+        ReadWriteFlags::NOWAIT,
+    ) {
+        Ok(_) => Ok(true),
+        Err(Errno::AGAIN) => Ok(false),
+        Err(e) => Err(io_err(e)),
+    }
 }
 
 /// Pages of `[offset, offset + len)` in the page cache, and pages in the range

@@ -421,7 +421,9 @@ impl UringBackend {
                 return Ok(());
             }
             Op::Shutdown { sock } => State::Shutdown { sock },
-            Op::Open { dir, path, beneath } => State::Open {
+            Op::Open {
+                dir, path, beneath, ..
+            } => State::Open {
                 dir,
                 path,
                 beneath,
