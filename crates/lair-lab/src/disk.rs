@@ -256,6 +256,17 @@ struct Device {
     pending: Arc<Pending>,
     stats: Arc<DiskStats>,
     made: SystemTime,
+    /// The CPU the device's threads run on (not the server's).
+    cpu: Option<usize>,
+}
+
+/// Keep the calling thread on `cpu`, saying so if it cannot.
+fn pin(cpu: Option<usize>) {
+    if let Some(c) = cpu {
+        if let Err(e) = lair_io::setup::pin_current_thread(c) {
+            tracing::warn!("emulated disk: cannot pin to CPU {c}: {e}");
+        }
+    }
 }
 
 impl Device {
@@ -287,6 +298,8 @@ impl Device {
 
 impl Filesystem for Device {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        // The session's thread: like the replier, off the server's CPU.
+        pin(self.cpu);
         // Without asynchronous direct I/O the kernel sends the loop device's reads one at a
         // time, and the channels would never fill.
         if let Err(missing) = config.add_capabilities(fuser::consts::FUSE_ASYNC_DIO) {
@@ -451,14 +464,23 @@ fn tree_size(dir: &Path) -> anyhow::Result<(u64, u64)> {
 
 impl EmulatedDisk {
     /// Copy `dir` into an ext4 image, serve the image through the model, and mount it
-    /// read-only over `dir`.
-    pub fn over(undo: &mut Undo, model: &DiskModel, dir: &Path) -> anyhow::Result<EmulatedDisk> {
+    /// read-only over `dir`. The device's two threads run on `cpu` if given (the clients'
+    /// CPU in an experiment: a disk's work must not be charged to the server's).
+    pub fn over(
+        undo: &mut Undo,
+        model: &DiskModel,
+        dir: &Path,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<EmulatedDisk> {
         let m = model.parsed()?;
         if !rustix::process::geteuid().is_root() {
             bail!("an emulated disk needs root (a loop device and two mounts)");
         }
         if !Path::new("/dev/fuse").exists() {
             bail!("/dev/fuse is missing: the emulated disk is served through FUSE");
+        }
+        if !Path::new("/dev/loop-control").exists() {
+            bail!("/dev/loop-control is missing: the emulated disk needs loop devices");
         }
         for tool in ["losetup", "mkfs.ext4", "mount", "umount"] {
             if sh("which", &[tool]).is_err() {
@@ -522,12 +544,16 @@ impl EmulatedDisk {
             pending: Arc::clone(&pending),
             stats: Arc::clone(&stats),
             made,
+            cpu,
         };
         let replier = {
             let pending = Arc::clone(&pending);
             std::thread::Builder::new()
                 .name("lab-disk".into())
-                .spawn(move || pending.serve())?
+                .spawn(move || {
+                    pin(cpu);
+                    pending.serve()
+                })?
         };
         let session = fuser::spawn_mount2(
             device,

@@ -351,7 +351,9 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
             let devices = match &env.device {
                 Some(model) => prepared
                     .iter()
-                    .map(|p| EmulatedDisk::over(&mut undo, model, &p.fileset.dir))
+                    .map(|p| {
+                        EmulatedDisk::over(&mut undo, model, &p.fileset.dir, Some(cpus.client))
+                    })
                     .collect::<anyhow::Result<Vec<_>>>()
                     .with_context(|| format!("environment {}: emulated disk", env.name))?,
                 None => Vec::new(),

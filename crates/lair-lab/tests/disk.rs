@@ -1,6 +1,7 @@
 //! The emulated disk, for real: a directory moved onto it reads back the same bytes, its
 //! reads reach the device in parallel when several threads read, and undoing leaves no
-//! mount or loop device behind. Needs root and /dev/fuse; skipped (with a line) otherwise.
+//! mount or loop device behind. Needs root, /dev/fuse and loop devices; skipped (with a
+//! line) otherwise.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,9 @@ fn skip_reason() -> Option<&'static str> {
     }
     if !Path::new("/dev/fuse").exists() {
         return Some("no /dev/fuse");
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no loop devices (/dev/loop-control)");
     }
     None
 }
@@ -74,7 +78,9 @@ fn a_directory_on_the_emulated_disk_reads_the_same_in_parallel_and_is_given_back
     for i in 0..32u32 {
         let p = dir.join("sub").join(format!("f{i}"));
         // Distinct contents, sizes from a few bytes to ~200 KiB.
-        let body: Vec<u8> = (0..(i * i * 200 + 7)).map(|b| (b ^ (i * 31)) as u8).collect();
+        let body: Vec<u8> = (0..(i * i * 200 + 7))
+            .map(|b| (b ^ (i * 31)) as u8)
+            .collect();
         std::fs::write(&p, &body).unwrap();
         files.push(p);
         expected.push(body);
@@ -85,7 +91,7 @@ fn a_directory_on_the_emulated_disk_reads_the_same_in_parallel_and_is_given_back
         read_bps: None,
     };
     let mut undo = Undo::default();
-    let disk = EmulatedDisk::over(&mut undo, &model, &dir).unwrap();
+    let disk = EmulatedDisk::over(&mut undo, &model, &dir, None).unwrap();
     assert!(mounted(&dir), "not mounted over {}", dir.display());
 
     // One reader: about one read in the device at a time.
@@ -127,4 +133,131 @@ fn a_directory_on_the_emulated_disk_reads_the_same_in_parallel_and_is_given_back
     );
     // The original files are back under the directory.
     assert_eq!(std::fs::read(&files[5]).unwrap(), expected[5]);
+}
+
+/// A directory of `n` files of `bytes` each on an emulated disk with a long `latency`.
+fn slow_dir(n: usize, bytes: usize, latency: &str) -> (tempfile::TempDir, Undo, EmulatedDisk) {
+    let tmp = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).unwrap();
+    for i in 0..n {
+        // Not zeros: mkfs.ext4 -d stores zero blocks as holes, which read without I/O.
+        std::fs::write(tmp.path().join(format!("f{i}")), vec![i as u8 + 1; bytes]).unwrap();
+    }
+    let model = DiskModel {
+        latency: latency.into(),
+        channels: 4,
+        read_bps: None,
+    };
+    let mut undo = Undo::default();
+    let disk = EmulatedDisk::over(&mut undo, &model, tmp.path(), None).unwrap();
+    (tmp, undo, disk)
+}
+
+mod engine {
+    use super::*;
+    use lair_io::{setup, with_backend, Backend, BackendKind, EngineConfig, WithBackend};
+    use lair_io::{Op, Out, Submit, Token};
+    use std::ffi::CString;
+    use std::os::fd::OwnedFd;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn finish<B: Backend>(b: &mut B) -> lair_io::Completion {
+        let mut done = Vec::new();
+        while done.is_empty() {
+            b.poll(&mut done, Some(Duration::from_secs(10))).unwrap();
+        }
+        done.pop().unwrap()
+    }
+
+    /// Bug: cachestat counts a page while the read filling it is still in flight, so the lazy
+    /// loop ran sendfile inline and waited for the disk. Now a page being read goes to a
+    /// helper.
+    struct InFlight(PathBuf);
+    impl WithBackend for InFlight {
+        type Output = ();
+        fn run<B: Backend>(self, mut b: B) {
+            let file: Arc<OwnedFd> = Arc::new(std::fs::File::open(&self.0).unwrap().into());
+            // Start the read, as readahead or another request's helper would.
+            rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::WillNeed).unwrap();
+            let (pages, total) = setup::cached_pages(&file).unwrap();
+            assert_eq!(
+                pages, total,
+                "the read is under way: every page is in the cache"
+            );
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let sock: Arc<OwnedFd> = Arc::new(l.accept().unwrap().0.into());
+            let op = Op::Sendfile {
+                sock,
+                file,
+                offset: 0,
+                len: 8192,
+            };
+            match b.submit(Token(1), op) {
+                Submit::Pending => {
+                    let c = finish(&mut b);
+                    assert_eq!(c.result.unwrap(), 8192);
+                }
+                Submit::Done(c) => panic!(
+                    "sendfile ran on the loop while its pages were being read: {:?}",
+                    c.result
+                ),
+            }
+            drop(client);
+        }
+    }
+
+    #[test]
+    fn lazy_does_not_sendfile_pages_still_being_read() {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let (tmp, mut undo, _disk) = slow_dir(1, 8192, "300ms");
+        drop_pages(&[tmp.path().join("f0")]);
+        let cfg = EngineConfig::default();
+        with_backend(BackendKind::Lazy, &cfg, InFlight(tmp.path().join("f0"))).unwrap();
+        undo.run();
+    }
+
+    /// An open that had to go to a helper (cold metadata) starts reading the file's first
+    /// window before it completes.
+    struct Prefetch(PathBuf);
+    impl WithBackend for Prefetch {
+        type Output = (u64, u64);
+        fn run<B: Backend>(self, mut b: B) -> (u64, u64) {
+            let root = Arc::new(setup::open_dir(&self.0).unwrap());
+            let op = Op::Open {
+                dir: root,
+                path: CString::new("f1").unwrap(),
+                beneath: true,
+                prefetch: 128 << 10,
+            };
+            let c = match b.submit(Token(1), op) {
+                Submit::Pending => finish(&mut b),
+                Submit::Done(_) => panic!("a cold open ran on the loop"),
+            };
+            let Out::File(fd) = c.out else {
+                panic!("{:?}", c.result)
+            };
+            setup::cached_pages(&fd).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_cold_open_on_a_helper_starts_reading_the_file() {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let (tmp, mut undo, disk) = slow_dir(2, 64 << 10, "20ms");
+        drop_pages(&[tmp.path().join("f1")]);
+        disk.drop_metadata().unwrap();
+        let cfg = EngineConfig::default();
+        let (cached, pages) =
+            with_backend(BackendKind::Lazy, &cfg, Prefetch(tmp.path().to_path_buf())).unwrap();
+        assert_eq!(pages, 16);
+        assert_eq!(cached, 16, "the whole 64 KiB file is on its way");
+        undo.run();
+    }
 }

@@ -79,6 +79,9 @@ enum LabCommand {
         /// Transfer rate of a channel (`100M`); unlimited if not given.
         #[arg(long)]
         read_bps: Option<String>,
+        /// Run the device's threads on this CPU (keep it off the server's).
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// Write a content manifest (path, size, CRC-32) of a docroot for `lair load --manifest`.
     Manifest {
@@ -227,6 +230,7 @@ pub fn run(a: LabArgs) -> anyhow::Result<()> {
             latency,
             channels,
             read_bps,
+            cpu,
         } => {
             let model = lair_lab::disk::DiskModel {
                 latency,
@@ -235,7 +239,7 @@ pub fn run(a: LabArgs) -> anyhow::Result<()> {
             };
             let stop = stop_flag()?;
             let mut undo = lair_lab::env::Undo::default();
-            let disk = lair_lab::disk::EmulatedDisk::over(&mut undo, &model, &dir)?;
+            let disk = lair_lab::disk::EmulatedDisk::over(&mut undo, &model, &dir, cpu)?;
             eprintln!(
                 "lair lab: {} is on the emulated disk ({}); Ctrl-C to undo",
                 disk.dir.display(),
