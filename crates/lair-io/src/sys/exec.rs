@@ -8,6 +8,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::os::{self, Wait};
 use crate::op::{Attempt, Call, Op, Out};
@@ -34,6 +35,20 @@ pub struct Caps {
     pub cached_open: bool,
     /// `cachestat(2)`, to know whether a `sendfile` would wait for the disk.
     pub cachestat: bool,
+    /// Not a capability: when a call last had to go to a helper because it would have waited
+    /// for the disk. Pages can be on their way from the disk only while such calls happen, so
+    /// only then is `cachestat`'s answer checked with a read (see [`os::range_cached`]).
+    pub last_miss: Option<Instant>,
+}
+
+/// How long after the last miss a read may still be in flight.
+const IN_FLIGHT_FOR: Duration = Duration::from_secs(10);
+
+impl Caps {
+    /// Whether the disk was needed lately (reads may still be under way).
+    fn missed_lately(&self) -> bool {
+        self.last_miss.is_some_and(|t| t.elapsed() < IN_FLIGHT_FOR)
+    }
 }
 
 impl Caps {
@@ -44,6 +59,7 @@ impl Caps {
             nowait_write: false,
             cached_open: false,
             cachestat: false,
+            last_miss: None,
         }
     }
 }
@@ -146,7 +162,10 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             };
             if nowait {
                 let cached = caps.cachestat
-                    && matches!(os::range_cached(&file, offset, len as u64), Ok(true));
+                    && matches!(
+                        os::range_cached(&file, offset, len as u64, caps.missed_lately()),
+                        Ok(true)
+                    );
                 if !cached {
                     return Step::Helper(Op::Sendfile {
                         sock,

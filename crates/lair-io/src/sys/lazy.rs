@@ -41,7 +41,11 @@ impl Policy for Lazy {
 
     #[inline]
     fn start(&mut self, op: Op) -> Step {
-        exec(op, Wait::NoWait, &mut self.caps)
+        let step = exec(op, Wait::NoWait, &mut self.caps);
+        if let Step::Helper(_) = &step {
+            self.caps.last_miss = Some(std::time::Instant::now());
+        }
+        step
     }
 }
 
@@ -52,6 +56,7 @@ fn probe(config: &EngineConfig) -> Caps {
         nowait_write: true,
         cached_open: true,
         cachestat: true,
+        last_miss: None,
     };
     let ((major, minor), release) = os::kernel_version();
     let version = (major, minor);
@@ -94,7 +99,7 @@ fn probe(config: &EngineConfig) -> Caps {
     }
     let file = from_root.or_else(|| os::open_absolute(c"/proc/self/exe").ok());
     if let Some(file) = &file {
-        if let Err(e) = os::range_cached(file, 0, 1) {
+        if let Err(e) = os::cached_pages(file, 0, 1) {
             caps.cachestat = false;
             tracing::warn!(
                 "lazy: cachestat(2) failed ({e}; needs Linux 6.5): sendfile always goes to a helper thread"

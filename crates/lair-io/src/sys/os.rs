@@ -326,16 +326,23 @@ struct Cachestat {
 
 /// Whether every page of `[offset, offset + len)` is in the page cache (`cachestat(2)`).
 /// Pages past the end of the file are never cached, so callers ask only for ranges inside it.
-pub(crate) fn range_cached(file: &OwnedFd, offset: u64, len: u64) -> io::Result<bool> {
+pub(crate) fn range_cached(
+    file: &OwnedFd,
+    offset: u64,
+    len: u64,
+    reads_in_flight: bool,
+) -> io::Result<bool> {
     let (cached, pages) = cached_pages(file, offset, len)?;
     if cached < pages {
         return Ok(false);
     }
     // cachestat counts a page the moment it is in the cache, also while the read that fills
     // it is still in flight (readahead, a helper's read, a prefetch): a sendfile would then
-    // wait for the disk on the loop. A one-byte RWF_NOWAIT read of the range's last page says
-    // whether it is readable now (the pages of one read complete together, the last last).
-    if pages == 0 {
+    // wait for the disk on the loop. When reads may be in flight, a one-byte RWF_NOWAIT read
+    // of the range's last page says whether it is readable now (the pages of one read
+    // complete together, the last last). It costs a system call (~1 µs here), so not when the
+    // disk has not been needed lately.
+    if pages == 0 || !reads_in_flight {
         return Ok(true);
     }
     let last = (offset + len - 1) & !4095;
