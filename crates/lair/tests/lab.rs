@@ -306,3 +306,70 @@ fn slow_quick_shapes_the_link_and_paces_readers() {
         "a lab namespace outlived the run"
     );
 }
+
+#[test]
+fn an_experiment_on_the_emulated_disk_counts_its_reads_and_unmounts() {
+    let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let sys_admin = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|c| c & (1 << 21) != 0);
+    if !rustix::process::geteuid().is_root()
+        || !sys_admin
+        || !Path::new("/dev/fuse").exists()
+        || !Path::new("/dev/loop-control").exists()
+        || !installed("losetup")
+        || !installed("mkfs.ext4")
+    {
+        eprintln!("skipped: the emulated disk needs root, CAP_SYS_ADMIN, FUSE and loop devices");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let x = tmp.path().join("disk.toml");
+    std::fs::write(
+        &x,
+        r#"
+name = "disk"
+description = "a cold pass from the emulated disk"
+repetitions = 1
+duration = "5s"
+warmup = "0s"
+clients = [8]
+servers = ["lair-sync", "lair-lazy"]
+
+[[workload]]
+name = "few"
+spec = { kind = "uniform", files = 60, bytes = 20000 }
+replay = "pass"
+requests = 120
+
+[[environment]]
+name = "cold-2ms"
+cache = "cold"
+device = { latency = "2ms", channels = 4 }
+"#,
+    )
+    .unwrap();
+    let (dir, j) = run(tmp.path(), &[x.to_str().unwrap()]);
+    check_outputs(&dir, &j, 2);
+    let depth = |server: &str| {
+        let row = j["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["server"] == server)
+            .unwrap()
+            .clone();
+        assert!(row["cached_at_start"].as_f64().unwrap() < 0.05, "{row:#}");
+        assert!(row["disk_reads"].as_u64().unwrap() >= 50, "{row:#}");
+        row["disk_depth"].as_f64().unwrap()
+    };
+    // sync waits for each read on its loop; lazy keeps several in the disk at once.
+    let (sync, lazy) = (depth("lair-sync"), depth("lair-lazy"));
+    assert!(sync < 1.5, "sync kept {sync} reads in the disk");
+    assert!(lazy > 2.0, "lazy kept only {lazy} reads in the disk");
+    // The mount over the fileset is gone.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("lair-lab-disk"), "{mounts}");
+}
