@@ -49,9 +49,7 @@ impl Caps {
     fn missed_lately(&self) -> bool {
         self.last_miss.is_some_and(|t| t.elapsed() < IN_FLIGHT_FOR)
     }
-}
 
-impl Caps {
     /// No non-blocking file call at all: every file call in `NoWait` mode goes to a helper.
     pub fn none() -> Self {
         Caps {

@@ -30,6 +30,19 @@ pub(crate) struct Job {
     pub helped: bool,
 }
 
+impl Job {
+    /// A just-submitted operation: sent now, not yet counted as parked or helped.
+    pub fn new(token: Token, op: Op) -> Job {
+        Job {
+            token,
+            op,
+            sent: Instant::now(),
+            parked: false,
+            helped: false,
+        }
+    }
+}
+
 /// A job a helper has run.
 pub(crate) struct Finished {
     pub job: JobMeta,

@@ -324,6 +324,9 @@ struct Cachestat {
     nr_recently_evicted: u64,
 }
 
+/// The page size `cachestat` and the in-flight check reason in.
+const PAGE: u64 = 4096;
+
 /// Whether every page of `[offset, offset + len)` is in the page cache (`cachestat(2)`).
 /// Pages past the end of the file are never cached, so callers ask only for ranges inside it.
 pub(crate) fn range_cached(
@@ -345,7 +348,7 @@ pub(crate) fn range_cached(
     if pages == 0 || !reads_in_flight {
         return Ok(true);
     }
-    let last = (offset + len - 1) & !4095;
+    let last = (offset + len - 1) / PAGE * PAGE;
     let mut byte = [0u8; 1];
     match rustix::io::preadv2(
         file,
@@ -362,7 +365,6 @@ pub(crate) fn range_cached(
 /// Pages of `[offset, offset + len)` in the page cache, and pages in the range
 /// (`cachestat(2)`).
 pub(crate) fn cached_pages(file: &OwnedFd, offset: u64, len: u64) -> io::Result<(u64, u64)> {
-    const PAGE: u64 = 4096;
     let end = offset.saturating_add(len);
     if end <= offset {
         return Ok((0, 0));

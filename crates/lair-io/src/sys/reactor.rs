@@ -191,13 +191,7 @@ impl<P: Policy> Readiness<P> {
             Step::Done(result, out) => self.counters.done_inline(token, kind, result, out),
             Step::WouldBlock(op) => self.park_new(token, op),
             Step::Helper(op) => {
-                self.send_to_helper(Job {
-                    token,
-                    op,
-                    sent: Instant::now(),
-                    parked: false,
-                    helped: false,
-                });
+                self.send_to_helper(Job::new(token, op));
                 Submit::Pending
             }
         }
@@ -221,13 +215,7 @@ impl<P: Policy> Readiness<P> {
         match call_once(&mut f, attempt) {
             Some(r) => self.counters.done_inline(token, OpKind::Call, r, Out::None),
             None => {
-                self.send_to_helper(Job {
-                    token,
-                    op: Op::Call(f),
-                    sent: Instant::now(),
-                    parked: false,
-                    helped: false,
-                });
+                self.send_to_helper(Job::new(token, Op::Call(f)));
                 Submit::Pending
             }
         }
@@ -243,14 +231,7 @@ impl<P: Policy> Readiness<P> {
 
     /// Park a just-submitted operation (see [`Readiness::park`]).
     fn park_new(&mut self, token: Token, op: Op) -> Submit {
-        let job = Job {
-            token,
-            op,
-            sent: Instant::now(),
-            parked: false,
-            helped: false,
-        };
-        match self.park(job) {
+        match self.park(Job::new(token, op)) {
             Ok(()) => Submit::Pending,
             Err(c) => Submit::Done(c),
         }

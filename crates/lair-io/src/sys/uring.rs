@@ -301,12 +301,10 @@ impl UringBackend {
             Some(r) => self.counters.done_inline(token, OpKind::Call, r, Out::None),
             None => {
                 self.counters.op_mut(OpKind::Call).helper += 1;
+                // Counted as helped here: uring has no send_to_helper to do it.
                 self.helpers.submit(Job {
-                    token,
-                    op: Op::Call(f),
-                    sent: Instant::now(),
-                    parked: false,
                     helped: true,
+                    ..Job::new(token, Op::Call(f))
                 });
                 Submit::Pending
             }
