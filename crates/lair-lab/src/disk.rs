@@ -66,12 +66,7 @@ impl DiskModel {
     fn parsed(&self) -> anyhow::Result<Model> {
         let latency =
             crate::experiment::parse_duration(&self.latency).map_err(anyhow::Error::msg)?;
-        let read_bps = self
-            .read_bps
-            .as_deref()
-            .map(lair_load::parse_bytes)
-            .transpose()
-            .map_err(anyhow::Error::msg)?;
+        let read_bps = crate::run::parse_size(&self.read_bps)?;
         if self.channels == 0 {
             bail!("device.channels must be at least 1");
         }
@@ -434,6 +429,39 @@ impl Filesystem for Device {
 
 // ---- building and mounting ---------------------------------------------------------------
 
+/// Why an emulated disk cannot be made on this machine, if it cannot (what [`EmulatedDisk::over`]
+/// refuses with, and what tests skip on).
+pub fn why_unavailable() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("an emulated disk needs root (a loop device and two mounts)".into());
+    }
+    // Root in a container may lack the capability to mount.
+    const CAP_SYS_ADMIN: u32 = 21;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if effective & (1 << CAP_SYS_ADMIN) == 0 {
+        return Some("an emulated disk needs CAP_SYS_ADMIN (mounts)".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing: the emulated disk is served through FUSE".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("/dev/loop-control is missing: the emulated disk needs loop devices".into());
+    }
+    for tool in ["losetup", "mkfs.ext4", "mount", "umount"] {
+        if sh("which", &[tool]).is_err() {
+            return Some(format!(
+                "{tool} is missing: apt-get install util-linux e2fsprogs mount"
+            ));
+        }
+    }
+    None
+}
+
 /// A directory's contents moved onto an emulated slow disk, mounted over the directory
 /// itself: every path under it stays the same.
 pub struct EmulatedDisk {
@@ -473,19 +501,8 @@ impl EmulatedDisk {
         cpu: Option<usize>,
     ) -> anyhow::Result<EmulatedDisk> {
         let m = model.parsed()?;
-        if !rustix::process::geteuid().is_root() {
-            bail!("an emulated disk needs root (a loop device and two mounts)");
-        }
-        if !Path::new("/dev/fuse").exists() {
-            bail!("/dev/fuse is missing: the emulated disk is served through FUSE");
-        }
-        if !Path::new("/dev/loop-control").exists() {
-            bail!("/dev/loop-control is missing: the emulated disk needs loop devices");
-        }
-        for tool in ["losetup", "mkfs.ext4", "mount", "umount"] {
-            if sh("which", &[tool]).is_err() {
-                bail!("{tool} is missing: apt-get install util-linux e2fsprogs mount");
-            }
+        if let Some(why) = why_unavailable() {
+            bail!("{why}");
         }
         let dir = std::fs::canonicalize(dir)?;
         static N: AtomicU64 = AtomicU64::new(0);

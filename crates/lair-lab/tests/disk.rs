@@ -9,28 +9,8 @@ use std::path::{Path, PathBuf};
 use lair_lab::disk::{DiskModel, EmulatedDisk};
 use lair_lab::env::Undo;
 
-fn skip_reason() -> Option<&'static str> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("needs root");
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("no /dev/fuse");
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        return Some("no loop devices (/dev/loop-control)");
-    }
-    // Root in a container may lack the capability to mount.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    const CAP_SYS_ADMIN: u32 = 21;
-    if cap_eff & (1 << CAP_SYS_ADMIN) == 0 {
-        return Some("no CAP_SYS_ADMIN (mounts)");
-    }
-    None
+fn skip_reason() -> Option<String> {
+    lair_lab::disk::why_unavailable()
 }
 
 fn drop_pages(files: &[PathBuf]) {

@@ -309,20 +309,8 @@ fn slow_quick_shapes_the_link_and_paces_readers() {
 
 #[test]
 fn an_experiment_on_the_emulated_disk_counts_its_reads_and_unmounts() {
-    let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let sys_admin = caps
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|c| c & (1 << 21) != 0);
-    if !rustix::process::geteuid().is_root()
-        || !sys_admin
-        || !Path::new("/dev/fuse").exists()
-        || !Path::new("/dev/loop-control").exists()
-        || !installed("losetup")
-        || !installed("mkfs.ext4")
-    {
-        eprintln!("skipped: the emulated disk needs root, CAP_SYS_ADMIN, FUSE and loop devices");
+    if let Some(why) = lair_lab::disk::why_unavailable() {
+        eprintln!("skipped: {why}");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
