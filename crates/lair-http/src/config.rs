@@ -1,9 +1,16 @@
-//! Server settings, with the defaults an operator gets when they set nothing.
+//! Server settings: every setting of `lair serve`, declared once with its default and doc.
+//!
+//! The [`lair_conf::settings!`] declaration below is the only place a setting exists: the flag
+//! (`--header-timeout`), the TOML key (`header-timeout`), the default, the `--help` text, the
+//! README's options table and `examples/lair.toml` all come from it. Adding a setting is one
+//! entry here plus the code that reads the field.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path as StdPath, PathBuf};
 use std::time::Duration;
 
+use lair_conf::kind::{Addrs, Count, Name, Path, Size, Switch, Threads, Time};
+use lair_conf::{Input, Kind};
 use lair_io::{BackendKind, OpSet};
 
 /// Request-size limits; each has a status code when exceeded.
@@ -21,38 +28,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            request_line_bytes: 8 * 1024,
-            header_bytes: 32 * 1024,
-            header_fields: 100,
-            discard_body_bytes: 64 * 1024,
-        }
-    }
-}
-
-/// Timeouts; each ends the connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    /// From accept (or the first byte of a later request) to the end of the request head:
-    /// slow-header (slowloris) protection.
-    pub header: Duration,
-    /// Idle time between keep-alive requests.
-    pub keep_alive: Duration,
-    /// Time without any progress while sending a response.
-    pub send: Duration,
-    /// How long to drain a client's input after an error response before closing, so the
-    /// response is not destroyed by a reset.
-    pub linger: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            header: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(30),
-            send: Duration::from_secs(30),
-            linger: Duration::from_secs(2),
-        }
+        ServerConfig::default().limits()
     }
 }
 
@@ -67,72 +43,189 @@ pub enum AccessLog {
     File(PathBuf),
 }
 
-/// Everything `lair serve` is configured with.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// The document root.
-    pub root: PathBuf,
-    /// Addresses to listen on (each worker binds each with `SO_REUSEPORT`).
-    pub listen: Vec<SocketAddr>,
-    /// Event-loop threads.
-    pub workers: usize,
-    /// Pin worker `i` to the i-th allowed CPU.
-    pub pin: bool,
-    /// Engine backend.
-    pub backend: BackendKind,
-    /// Helper threads per worker (bound of the pool).
-    pub helpers: usize,
-    /// Which engine operations go through the backend; the rest run directly, as under `sync`.
-    pub laio_ops: OpSet,
-    /// Request limits.
-    pub limits: Limits,
-    /// Timeouts.
-    pub timeouts: Timeouts,
-    /// Most open connections over all workers; past it, 503 and close, then stop accepting.
-    pub max_connections: usize,
-    /// Serve names starting with `.` (`.well-known` is always served).
-    pub dotfiles: bool,
-    /// Bodies up to this size are read into memory and sent with the head in one write; larger
-    /// ones go with `sendfile`.
-    pub small_file_bytes: usize,
-    /// Most bytes one `sendfile` call may send (then the connection waits its turn again),
-    /// like nginx's `sendfile_max_chunk`.
-    pub sendfile_chunk_bytes: usize,
-    /// Access log destination.
-    pub access_log: AccessLog,
-    /// How long an open file (descriptor, metadata, validators) is reused before its path is
-    /// opened again; zero disables the cache.
-    pub file_cache_ttl: Duration,
-    /// Most files each worker keeps open in its cache.
-    pub file_cache_entries: usize,
-    /// Listen backlog.
-    pub backlog: i32,
-    /// How long a graceful shutdown waits for in-flight responses.
-    pub shutdown_timeout: Duration,
+/// The access log's spelling: `off`, `-` (standard output) or a path (relative to the
+/// configuration file when given in one).
+pub struct LogDest;
+
+impl Kind<AccessLog> for LogDest {
+    const NAME: &'static str = "PATH|-|off";
+    fn parse(s: &str) -> Result<AccessLog, String> {
+        Ok(match s {
+            "off" | "" => AccessLog::Off,
+            "-" => AccessLog::Stdout,
+            p => AccessLog::File(PathBuf::from(p)),
+        })
+    }
+    fn from_toml(v: &lair_conf::toml::Value, base: Option<&StdPath>) -> Result<AccessLog, String> {
+        match <Path as Kind<PathBuf>>::from_toml(v, None)? {
+            p if p.as_os_str() == "off" || p.as_os_str() == "-" => {
+                <Self as Kind<AccessLog>>::read(Input::Text(&[&p.to_string_lossy()]))
+            }
+            p => Ok(AccessLog::File(match base {
+                Some(b) if p.is_relative() => b.join(p),
+                _ => p,
+            })),
+        }
+    }
+}
+
+lair_conf::settings! {
+    /// Everything `lair serve` is configured with (`lair serve --help`, README "Options").
+    #[derive(Clone, Debug)]
+    pub struct ServerConfig {
+        /// Directory to serve (the positional argument; `root` in a file).
+        root: PathBuf = "." as Path;
+        /// Address to listen on, IPv4 or IPv6 (`[::1]:8080`); repeat the flag (or give a list)
+        /// for several. Port 0 picks a free port.
+        listen: Vec<SocketAddr> = "127.0.0.1:8080" as Addrs;
+        /// Event-loop threads, each with its own SO_REUSEPORT listener; `auto`: one per CPU
+        /// this process may use.
+        workers: usize = "auto" as Threads;
+        /// Pin worker i to the i-th CPU this process may use.
+        pin: bool = "false" as Switch;
+        /// I/O backend: `lazy` (try without blocking, helpers only for calls that would block),
+        /// `sync` (block on the disk inside the loop; the baseline), `eager` (every call to a
+        /// helper thread), `hybrid` (sockets on the loop, every disk call to a helper), `uring`
+        /// (io_uring; falls back to lazy where it is unavailable).
+        backend: BackendKind = "lazy" as Name;
+        /// Upper bound of helper threads per worker.
+        helpers: usize = "32" as Count;
+        /// Which operations go through the backend: `all`, `network` (all but
+        /// open/stat/read/write: seed 001's "networkonly"), `disk`, `none`, or names
+        /// (`open,read,sendfile`); the others run directly on the loop, as under `sync`.
+        laio_ops: OpSet = "all" as Name;
+        /// Most open connections over all workers; beyond it new ones get 503 and accepting
+        /// pauses.
+        max_connections: usize = "10000" as Count;
+        /// Longest request line (414 beyond).
+        max_request_line: usize = "8k" as Size;
+        /// Largest request head, request line included (431 beyond).
+        max_header_bytes: usize = "32k" as Size;
+        /// Most header fields (431 beyond; at most 256).
+        max_header_fields: usize = "100" as Count;
+        /// Largest request body read and discarded on GET/HEAD (413 and close beyond).
+        max_discard_body: u64 = "64k" as Size;
+        /// Time to receive a whole request head (slowloris protection).
+        header_timeout: Duration = "10s" as Time;
+        /// Idle time allowed between keep-alive requests.
+        keepalive_timeout: Duration = "30s" as Time;
+        /// Time a response may make no progress before the connection is dropped.
+        send_timeout: Duration = "30s" as Time;
+        /// How long to drain a client's input after an error response before closing, so the
+        /// response is not destroyed by a reset.
+        linger_timeout: Duration = "2s" as Time;
+        /// How long SIGINT/SIGTERM waits for in-flight responses.
+        shutdown_timeout: Duration = "10s" as Time;
+        /// Serve files and directories whose names start with `.` (hidden, 404, otherwise;
+        /// `.well-known` is always served).
+        dotfiles: bool = "false" as Switch;
+        /// Bodies up to this size are read into memory and sent with the head in one write;
+        /// larger ones go with sendfile.
+        small_file_bytes: usize = "16k" as Size;
+        /// Most bytes one sendfile call sends before the connection waits its turn again
+        /// (fairness between large downloads, like nginx's `sendfile_max_chunk`).
+        sendfile_chunk: usize = "512k" as Size;
+        /// Access log (Combined Log Format): a file path, `-` for standard output, or `off`.
+        access_log: AccessLog = "off" as LogDest;
+        /// How long an open file (descriptor, metadata, validators, small body) is reused
+        /// before its path is looked up again; `0` disables the cache.
+        file_cache_ttl: Duration = "1s" as Time;
+        /// Most files each worker keeps open in its cache.
+        file_cache_entries: usize = "1024" as Count;
+        /// Listen backlog (the kernel caps it at `net.core.somaxconn`).
+        backlog: i32 = "4096" as Count;
+        /// Write the engine counters and HTTP statistics as JSON to this file at exit.
+        stats_json: Option<PathBuf> = "" as Path;
+    }
 }
 
 impl ServerConfig {
-    /// Defaults for serving `root` on 127.0.0.1:8080.
+    /// Defaults for serving `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         ServerConfig {
             root: root.into(),
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            pin: false,
-            backend: BackendKind::Lazy,
-            helpers: 32,
-            laio_ops: OpSet::ALL,
-            limits: Limits::default(),
-            timeouts: Timeouts::default(),
-            max_connections: 10_000,
-            dotfiles: false,
-            small_file_bytes: 16 * 1024,
-            sendfile_chunk_bytes: 512 * 1024,
-            access_log: AccessLog::Off,
-            file_cache_ttl: Duration::from_secs(1),
-            file_cache_entries: 1024,
-            backlog: 4096,
-            shutdown_timeout: Duration::from_secs(10),
+            ..ServerConfig::default()
         }
+    }
+
+    /// The request-size limits, as the parser takes them.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            request_line_bytes: self.max_request_line,
+            header_bytes: self.max_header_bytes,
+            header_fields: self.max_header_fields,
+            discard_body_bytes: self.max_discard_body,
+        }
+    }
+
+    /// Combinations and ranges the types do not rule out; the message names the flag.
+    pub fn check(&self) -> Result<(), String> {
+        if self.workers == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        if self.listen.is_empty() {
+            return Err("--listen: no address".into());
+        }
+        if self.max_header_fields == 0 || self.max_header_fields > crate::request::MAX_FIELDS {
+            return Err(format!(
+                "--max-header-fields must be 1..={}",
+                crate::request::MAX_FIELDS
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.sendfile_chunk == 0 {
+            return Err("--sendfile-chunk must be at least 1 byte".into());
+        }
+        if self.backlog < 1 {
+            return Err("--backlog must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lair_conf::Settings as _;
+
+    #[test]
+    fn every_backend_is_named_in_the_backend_help() {
+        let s = ServerConfig::SETTINGS
+            .iter()
+            .find(|s| s.field == "backend")
+            .unwrap();
+        for b in BackendKind::ALL {
+            assert!(
+                s.doc.contains(&format!("`{b}`")),
+                "{b} missing from --backend's doc"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = ServerConfig::default();
+        assert_eq!(c.check(), Ok(()));
+        assert_eq!(c.limits().header_bytes, 32 << 10);
+        assert_eq!(c.backend, BackendKind::Lazy);
+        assert_eq!(c.access_log, AccessLog::Off);
+        assert!(c.stats_json.is_none());
+    }
+
+    #[test]
+    fn access_log_paths_in_a_file_are_relative_to_it() {
+        let mut c = ServerConfig::default();
+        lair_conf::apply_toml(
+            &mut c,
+            "access-log = 'logs/a.log'",
+            StdPath::new("/etc/lair/l.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.access_log, AccessLog::File("/etc/lair/logs/a.log".into()));
+        lair_conf::apply_toml(&mut c, "access-log = '-'", StdPath::new("/etc/lair/l.toml"))
+            .unwrap();
+        assert_eq!(c.access_log, AccessLog::Stdout);
     }
 }

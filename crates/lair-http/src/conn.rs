@@ -183,7 +183,7 @@ impl Conn {
             Phase::ShuttingDown => {
                 self.rbuf.clear();
                 self.phase = Phase::Lingering;
-                self.deadline = Some(cx.now + cx.cfg.timeouts.linger);
+                self.deadline = Some(cx.now + cx.cfg.linger_timeout);
                 self.recv_op()
             }
             Phase::Lingering => match (c.result, c.out) {
@@ -210,12 +210,11 @@ impl Conn {
 
     fn recv(&mut self, cx: &mut Cx<'_>) -> Next {
         self.phase = Phase::Reading;
-        let t = &cx.cfg.timeouts;
         let idle = self.rbuf.is_empty() && self.served > 0;
         self.deadline = Some(if idle {
-            cx.now + t.keep_alive
+            cx.now + cx.cfg.keepalive_timeout
         } else {
-            self.head_started + t.header
+            self.head_started + cx.cfg.header_timeout
         });
         if idle {
             // Waiting for the next request may take long: hold no send buffer meanwhile (the
@@ -272,7 +271,7 @@ impl Conn {
             }
             return self.recv(cx);
         }
-        match request::parse(&self.rbuf, &cx.cfg.limits) {
+        match request::parse(&self.rbuf, &cx.cfg.limits()) {
             Ok(Parsed::Partial) => self.recv(cx),
             Err(r) => {
                 self.req.persist = Some(Persistence::Close);
@@ -299,7 +298,7 @@ impl Conn {
         let target = head.target.get(&self.rbuf);
         let resolved = path::split_target(target)
             .and_then(|(p, _)| path::resolve_into(p, cx.cfg.dotfiles, &mut key));
-        let too_big = head.content_length > cx.cfg.limits.discard_body_bytes;
+        let too_big = head.content_length > cx.cfg.max_discard_body;
         self.req = Req {
             persist: Some(persist),
             close_after: persist == Persistence::Close,
@@ -547,7 +546,7 @@ impl Conn {
 
     fn send_buf(&mut self, cx: &Cx<'_>, phase: Phase) -> Next {
         self.phase = phase;
-        self.deadline = Some(cx.now + cx.cfg.timeouts.send);
+        self.deadline = Some(cx.now + cx.cfg.send_timeout);
         Next::Submit(Op::Send {
             sock: Arc::clone(&self.sock),
             buf: std::mem::take(&mut self.wbuf),
@@ -578,14 +577,14 @@ impl Conn {
             return Next::Close;
         };
         self.phase = Phase::SendingFile;
-        self.deadline = Some(cx.now + cx.cfg.timeouts.send);
+        self.deadline = Some(cx.now + cx.cfg.send_timeout);
         Next::Submit(Op::Sendfile {
             sock: Arc::clone(&self.sock),
             file,
             offset: self.req.body_off,
             len: usize::try_from(self.req.body_left)
                 .unwrap_or(usize::MAX)
-                .min(cx.cfg.sendfile_chunk_bytes.max(1)),
+                .min(cx.cfg.sendfile_chunk.max(1)),
         })
     }
 
@@ -674,7 +673,7 @@ impl Conn {
         self.wbuf.clear();
         if self.req.linger {
             self.phase = Phase::ShuttingDown;
-            self.deadline = Some(cx.now + cx.cfg.timeouts.linger);
+            self.deadline = Some(cx.now + cx.cfg.linger_timeout);
             return Next::Submit(Op::Shutdown {
                 sock: Arc::clone(&self.sock),
             });

@@ -32,7 +32,7 @@ pub mod response;
 pub mod validators;
 mod worker;
 
-pub use config::{AccessLog, Limits, ServerConfig, Timeouts};
+pub use config::{AccessLog, Limits, LogDest, ServerConfig};
 
 /// Errors starting or running the server (the operator's or the host's fault).
 #[derive(Debug, thiserror::Error)]
@@ -170,18 +170,7 @@ impl Server {
     /// Open the root and the access log, bind every listener for every worker. A port of 0 is
     /// chosen once by the kernel and then shared by all workers.
     pub fn bind(cfg: ServerConfig) -> Result<Server, Error> {
-        if cfg.workers == 0 {
-            return Err(Error::Config("workers must be at least 1".into()));
-        }
-        if cfg.listen.is_empty() {
-            return Err(Error::Config("no listen address".into()));
-        }
-        if cfg.limits.header_fields > request::MAX_FIELDS {
-            return Err(Error::Config(format!(
-                "header field limit is at most {}",
-                request::MAX_FIELDS
-            )));
-        }
+        cfg.check().map_err(Error::Config)?;
         let root = setup::open_dir(&cfg.root).map_err(|source| Error::Root {
             path: cfg.root.display().to_string(),
             source,

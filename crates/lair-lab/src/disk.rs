@@ -64,8 +64,7 @@ fn one() -> usize {
 
 impl DiskModel {
     fn parsed(&self) -> anyhow::Result<Model> {
-        let latency =
-            crate::experiment::parse_duration(&self.latency).map_err(anyhow::Error::msg)?;
+        let latency = lair_conf::parse_duration(&self.latency).map_err(anyhow::Error::msg)?;
         let read_bps = crate::run::parse_size(&self.read_bps)?;
         if self.channels == 0 {
             bail!("device.channels must be at least 1");

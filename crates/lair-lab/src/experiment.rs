@@ -278,31 +278,21 @@ mod humantime_serde_lite {
         s.serialize_str(&format!("{}ms", d.as_millis()))
     }
 
+    /// A string in the shared duration syntax, or a bare number of seconds (as in `lair
+    /// serve`'s config files).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse_duration(&s).map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            S(String),
+            N(f64),
+        }
+        let s = match Text::deserialize(d)? {
+            Text::S(s) => s,
+            Text::N(n) => n.to_string(),
+        };
+        lair_conf::parse_duration(&s).map_err(serde::de::Error::custom)
     }
-}
-
-/// `500ms`, `5s`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, unit) = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((t, "s"), |i| (&t[..i], &t[i..]));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
-    };
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("{s:?} is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Replace `${name}` in every string of `v`.
@@ -508,8 +498,14 @@ duration = "300ms"
             let err = format!("{:#}", parse(&bad, false, &[]).unwrap_err());
             assert!(err.contains(why), "{why}: {err}");
         }
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(
+            lair_conf::parse_duration("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            lair_conf::parse_duration("2m").unwrap(),
+            Duration::from_secs(120)
+        );
+        assert!(lair_conf::parse_duration("5d").is_err());
     }
 }

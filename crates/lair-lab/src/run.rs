@@ -270,7 +270,7 @@ fn prepare(x: &Experiment, data: &Path) -> anyhow::Result<Vec<Prepared>> {
 
 pub(crate) fn parse_size(s: &Option<String>) -> anyhow::Result<Option<u64>> {
     s.as_deref()
-        .map(|s| lair_load::parse_bytes(s).map_err(anyhow::Error::msg))
+        .map(|s| lair_conf::parse_nonzero_size(s).map_err(anyhow::Error::msg))
         .transpose()
 }
 

@@ -457,28 +457,6 @@ fn validate(cfg: &LoadConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// `4096`, `4k`, `2m`, `1g` (powers of 1024) → bytes; one syntax for `lair load`'s flags and
-/// the lab's experiment files.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = match t.strip_suffix(['k', 'm', 'g']) {
-        Some(n) => (
-            n,
-            match t.as_bytes()[t.len() - 1] {
-                b'k' => 1 << 10,
-                b'm' => 1 << 20,
-                _ => 1 << 30,
-            },
-        ),
-        None => (t.as_str(), 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{s:?} is not a positive size like 4096, 4k or 2m"))
-}
-
 /// When a rate counts as sustained in a [`sweep`]: replies keep up with arrivals and few
 /// fail. Seed 002 reads the peak off httperf's reply rate where it stops tracking the offered
 /// rate; these are the thresholds that make that a number.

@@ -1,15 +1,11 @@
 //! `lair serve`: flags, the TOML config file, signals, and the report at exit.
 
 use std::fs;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
-use lair_http::{AccessLog, Server, ServerConfig};
-use lair_io::{BackendKind, OpSet};
-use serde::Deserialize;
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
+use lair_http::{Server, ServerConfig};
 
 /// A configuration mistake (exit code 2).
 #[derive(Debug)]
@@ -23,271 +19,96 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Flags of `lair serve`. Every flag can also be set in the `--config` file; flags win.
-#[derive(Debug, Args)]
+/// The flags of `lair serve`: every [`ServerConfig`] setting (declared once, in lair-http's
+/// `config.rs`) plus `--config`, `--check` and `--print-config`.
+#[derive(Debug, Clone)]
 pub struct ServeArgs {
-    /// Directory to serve (default: the config file's `root`, else the current directory).
-    root: Option<PathBuf>,
-
-    /// TOML file with the same settings as the flags (see README, "Options"); flags win.
-    #[arg(long, short = 'c')]
-    config: Option<PathBuf>,
-
-    /// Address to listen on, IPv4 or IPv6 (`[::1]:8080`); repeat for several. Port 0 picks a
-    /// free port. Default 127.0.0.1:8080.
-    #[arg(long, short = 'l')]
-    listen: Vec<SocketAddr>,
-
-    /// Event-loop threads, each with its own SO_REUSEPORT listener (default: CPUs available).
-    #[arg(long, short = 'w')]
-    workers: Option<usize>,
-
-    /// I/O backend: `lazy` (try without blocking, helpers only for calls that would block),
-    /// `sync` (block on the disk inside the loop; the baseline), `eager` (every call to a
-    /// helper thread), `hybrid` (sockets on the loop, every disk call to a helper). Default lazy.
-    #[arg(long, short = 'b')]
-    backend: Option<BackendKind>,
-
-    /// Pin worker i to the i-th CPU this process may use.
-    #[arg(long)]
-    pin: bool,
-
-    /// Upper bound of helper threads per worker. Default 32.
-    #[arg(long)]
-    helpers: Option<usize>,
-
-    /// Which operations go through the backend: `all`, `network` (all but open/stat/read/write:
-    /// seed 001's "networkonly"), `disk`, `none`, or names (`open,read,sendfile`); the others
-    /// run directly on the loop, as under `sync`. Default all.
-    #[arg(long)]
-    laio_ops: Option<OpSet>,
-
-    /// Most open connections over all workers; beyond it new ones get 503 and accepting
-    /// pauses. Default 10000.
-    #[arg(long)]
-    max_connections: Option<usize>,
-
-    /// Longest request line in bytes (414 beyond). Default 8192.
-    #[arg(long)]
-    max_request_line: Option<usize>,
-
-    /// Largest request head in bytes (431 beyond). Default 32768.
-    #[arg(long)]
-    max_header_bytes: Option<usize>,
-
-    /// Most header fields (431 beyond, at most 256). Default 100.
-    #[arg(long)]
-    max_header_fields: Option<usize>,
-
-    /// Largest request body discarded on GET/HEAD (413 beyond). Default 65536.
-    #[arg(long)]
-    max_discard_body: Option<u64>,
-
-    /// Time to receive a whole request head, e.g. `10s`, `500ms`. Default 10s.
-    #[arg(long, value_parser = parse_duration)]
-    header_timeout: Option<Duration>,
-
-    /// Idle time allowed between keep-alive requests. Default 30s.
-    #[arg(long, value_parser = parse_duration)]
-    keepalive_timeout: Option<Duration>,
-
-    /// Time a response may make no progress before the connection is dropped. Default 30s.
-    #[arg(long, value_parser = parse_duration)]
-    send_timeout: Option<Duration>,
-
-    /// How long to drain input after an error response before closing. Default 2s.
-    #[arg(long, value_parser = parse_duration)]
-    linger_timeout: Option<Duration>,
-
-    /// How long SIGINT/SIGTERM waits for in-flight responses. Default 10s.
-    #[arg(long, value_parser = parse_duration)]
-    shutdown_timeout: Option<Duration>,
-
-    /// Serve files and directories whose names start with `.` (hidden, 404, by default;
-    /// `.well-known` is always served).
-    #[arg(long)]
-    dotfiles: bool,
-
-    /// Bodies up to this many bytes are read and sent with the head in one write; larger ones
-    /// go with sendfile. Default 16384.
-    #[arg(long)]
-    small_file_bytes: Option<usize>,
-
-    /// Access log (Combined Log Format): a file path, `-` for standard output, or `off`.
-    /// Default off.
-    #[arg(long)]
-    access_log: Option<String>,
-
-    /// Most bytes one sendfile call sends before the connection waits its turn again (fairness
-    /// between large downloads). Default 524288.
-    #[arg(long)]
-    sendfile_chunk: Option<usize>,
-
-    /// How long an open file (descriptor, metadata, validators) is reused before its path is
-    /// looked up again, e.g. `1s`; `0` disables the cache. Default 1s.
-    #[arg(long, value_parser = parse_duration)]
-    file_cache_ttl: Option<Duration>,
-
-    /// Most files each worker keeps open in its cache. Default 1024.
-    #[arg(long)]
-    file_cache_entries: Option<usize>,
-
-    /// Write the engine counters and HTTP statistics as JSON to this file at exit.
-    #[arg(long)]
-    stats_json: Option<PathBuf>,
+    matches: ArgMatches,
 }
 
-/// The config file: the same settings as the flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    root: Option<PathBuf>,
-    #[serde(default)]
-    listen: Vec<SocketAddr>,
-    workers: Option<usize>,
-    backend: Option<BackendKind>,
-    pin: Option<bool>,
-    helpers: Option<usize>,
-    laio_ops: Option<OpSet>,
-    max_connections: Option<usize>,
-    max_request_line: Option<usize>,
-    max_header_bytes: Option<usize>,
-    max_header_fields: Option<usize>,
-    max_discard_body: Option<u64>,
-    header_timeout: Option<String>,
-    keepalive_timeout: Option<String>,
-    send_timeout: Option<String>,
-    linger_timeout: Option<String>,
-    shutdown_timeout: Option<String>,
-    dotfiles: Option<bool>,
-    small_file_bytes: Option<usize>,
-    access_log: Option<String>,
-    file_cache_ttl: Option<String>,
-    file_cache_entries: Option<usize>,
-    sendfile_chunk: Option<usize>,
-    stats_json: Option<PathBuf>,
-}
-
-/// `10s`, `500ms`, `2m` (one parser for flags, config files and experiment files).
-pub use lair_lab::experiment::parse_duration;
-
-fn file_duration(v: &Option<String>, key: &str) -> Result<Option<Duration>, ConfigError> {
-    v.as_deref()
-        .map(|s| parse_duration(s).map_err(|e| ConfigError(format!("config {key}: {e}"))))
-        .transpose()
-}
-
-fn access_log(v: &str) -> AccessLog {
-    match v {
-        "off" | "" => AccessLog::Off,
-        "-" => AccessLog::Stdout,
-        p => AccessLog::File(PathBuf::from(p)),
+impl FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(ServeArgs { matches: m.clone() })
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        self.matches = m.clone();
+        Ok(())
     }
 }
 
-/// Merge flags over the file over the defaults.
-fn build_config(
-    a: &ServeArgs,
-    f: &FileConfig,
-) -> Result<(ServerConfig, Option<PathBuf>), ConfigError> {
-    let root = a
-        .root
-        .clone()
-        .or_else(|| f.root.clone())
-        .unwrap_or_else(|| PathBuf::from("."));
-    let mut c = ServerConfig::new(root);
-    if !a.listen.is_empty() {
-        c.listen = a.listen.clone();
-    } else if !f.listen.is_empty() {
-        c.listen = f.listen.clone();
-    }
-    macro_rules! pick {
-        ($field:expr, $flag:expr, $file:expr) => {
-            if let Some(v) = $flag.or($file) {
-                $field = v;
-            }
+impl Args for ServeArgs {
+    fn augment_args(cmd: Command) -> Command {
+        // The short forms lair has always had.
+        let short = |id: &str| match id {
+            "listen" => Some('l'),
+            "workers" => Some('w'),
+            "backend" => Some('b'),
+            _ => None,
         };
+        let settings = lair_conf::clap_args::<ServerConfig>(&["root"])
+            .into_iter()
+            .map(|a| match short(a.get_id().as_str()) {
+                Some(c) => a.short(c),
+                None => a,
+            });
+        cmd.args(settings)
+            .arg(
+                Arg::new("config")
+                    .long("config")
+                    .short('c')
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help(
+                        "TOML file with the same settings, keys spelled like the flags \
+                         (examples/lair.toml has every one); flags win over it",
+                    ),
+            )
+            .arg(
+                Arg::new("check")
+                    .long("check")
+                    .action(ArgAction::SetTrue)
+                    .help("Read and check the configuration, print it, and exit (0 if it is good)"),
+            )
+            .arg(
+                Arg::new("print-config")
+                    .long("print-config")
+                    .action(ArgAction::SetTrue)
+                    .help("Print a configuration file with every setting at its default, and exit"),
+            )
+            .after_help("Every flag is also a key of the --config file (README, \"Options\").")
     }
-    pick!(c.workers, a.workers, f.workers);
-    pick!(c.backend, a.backend, f.backend);
-    pick!(c.helpers, a.helpers, f.helpers);
-    pick!(c.laio_ops, a.laio_ops, f.laio_ops);
-    pick!(c.max_connections, a.max_connections, f.max_connections);
-    pick!(
-        c.limits.request_line_bytes,
-        a.max_request_line,
-        f.max_request_line
-    );
-    pick!(
-        c.limits.header_bytes,
-        a.max_header_bytes,
-        f.max_header_bytes
-    );
-    pick!(
-        c.limits.header_fields,
-        a.max_header_fields,
-        f.max_header_fields
-    );
-    pick!(
-        c.limits.discard_body_bytes,
-        a.max_discard_body,
-        f.max_discard_body
-    );
-    pick!(c.small_file_bytes, a.small_file_bytes, f.small_file_bytes);
-    pick!(c.sendfile_chunk_bytes, a.sendfile_chunk, f.sendfile_chunk);
-    pick!(
-        c.file_cache_entries,
-        a.file_cache_entries,
-        f.file_cache_entries
-    );
-    macro_rules! pick_duration {
-        ($field:expr, $flag:expr, $key:ident) => {
-            pick!($field, $flag, file_duration(&f.$key, stringify!($key))?)
-        };
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
     }
-    pick_duration!(c.timeouts.header, a.header_timeout, header_timeout);
-    pick_duration!(
-        c.timeouts.keep_alive,
-        a.keepalive_timeout,
-        keepalive_timeout
-    );
-    pick_duration!(c.timeouts.send, a.send_timeout, send_timeout);
-    pick_duration!(c.timeouts.linger, a.linger_timeout, linger_timeout);
-    pick_duration!(c.shutdown_timeout, a.shutdown_timeout, shutdown_timeout);
-    pick_duration!(c.file_cache_ttl, a.file_cache_ttl, file_cache_ttl);
-    c.pin = a.pin || f.pin.unwrap_or(false);
-    c.dotfiles = a.dotfiles || f.dotfiles.unwrap_or(false);
-    if let Some(l) = a.access_log.as_deref().or(f.access_log.as_deref()) {
-        c.access_log = access_log(l);
-    }
-    if c.workers == 0 {
-        return Err(ConfigError("--workers must be at least 1".into()));
-    }
-    if c.limits.header_fields == 0 || c.limits.header_fields > lair_http::request::MAX_FIELDS {
-        return Err(ConfigError(format!(
-            "--max-header-fields must be 1..={}",
-            lair_http::request::MAX_FIELDS
-        )));
-    }
-    if c.max_connections == 0 {
-        return Err(ConfigError("--max-connections must be at least 1".into()));
-    }
-    let stats = a.stats_json.clone().or_else(|| f.stats_json.clone());
-    Ok((c, stats))
+}
+
+/// The title of the sample configuration file (`lair serve --print-config`).
+const SAMPLE_TITLE: &str = "lair serve: every setting at its default (`lair serve --print-config`).
+Keys are spelled like the flags; flags given on the command line win over this file.
+A relative path here is relative to this file's directory.";
+
+/// Defaults, then the file, then the flags; checked.
+fn build_config(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
+    let file = args.matches.get_one::<PathBuf>("config");
+    let cfg: ServerConfig = lair_conf::from_matches(&args.matches, file.map(PathBuf::as_path))
+        .map_err(|e| ConfigError(e.to_string()))?;
+    cfg.check().map_err(ConfigError)?;
+    Ok(cfg)
 }
 
 /// Run `lair serve` until SIGINT/SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(p) => {
-            let text = fs::read_to_string(p)
-                .map_err(|e| ConfigError(format!("config {}: {e}", p.display())))?;
-            toml::from_str::<FileConfig>(&text)
-                .map_err(|e| ConfigError(format!("config {}: {e}", p.display())))?
-        }
-        None => FileConfig::default(),
-    };
-    let (cfg, stats_json) = build_config(&args, &file)?;
+    if args.matches.get_flag("print-config") {
+        print!("{}", lair_conf::sample::<ServerConfig>(SAMPLE_TITLE));
+        return Ok(());
+    }
+    let cfg = build_config(&args)?;
+    if args.matches.get_flag("check") {
+        println!("{cfg:#?}");
+        eprintln!("lair: configuration ok");
+        return Ok(());
+    }
+    let stats_json = cfg.stats_json.clone();
     match lair_io::setup::raise_nofile_limit() {
         Ok(n) => tracing::debug!("descriptor limit {n}"),
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
@@ -356,40 +177,49 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("-1s").is_err());
+    use clap::Parser;
+    use std::time::Duration;
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ServeArgs,
     }
 
     #[test]
     fn flags_win_over_the_file() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct T {
-            #[command(flatten)]
-            a: ServeArgs,
-        }
-        let t = T::parse_from(["t", "--workers", "3", "--header-timeout", "1s"]);
-        let f: FileConfig = toml::from_str(
-            "root = 'site'\nworkers = 1\nbackend = 'sync'\nheader_timeout = '5s'\nlisten = ['[::1]:0']",
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lair.toml");
+        std::fs::write(
+            &f,
+            "root = 'site'\nworkers = 1\nbackend = 'sync'\nheader-timeout = '5s'\nlisten = ['[::1]:0']\nsmall-file-bytes = '8k'\n",
         )
         .unwrap();
-        let (c, _) = build_config(&t.a, &f).unwrap();
+        let t = T::parse_from([
+            "t",
+            "--config",
+            f.to_str().unwrap(),
+            "--workers",
+            "3",
+            "--header-timeout",
+            "1",
+        ]);
+        let c = build_config(&t.a).unwrap();
         assert_eq!(c.workers, 3);
-        assert_eq!(c.backend, BackendKind::Sync);
-        assert_eq!(c.timeouts.header, Duration::from_secs(1));
-        assert_eq!(c.root, PathBuf::from("site"));
+        assert_eq!(c.backend, lair_io::BackendKind::Sync);
+        assert_eq!(
+            c.header_timeout,
+            Duration::from_secs(1),
+            "a bare number is seconds"
+        );
+        assert_eq!(c.small_file_bytes, 8 << 10, "sizes take units in files too");
+        assert_eq!(c.root, dir.path().join("site"), "relative to the file");
         assert_eq!(c.listen, vec!["[::1]:0".parse().unwrap()]);
+        std::fs::write(&f, "wokers = 1").unwrap();
+        let t = T::parse_from(["t", "--config", f.to_str().unwrap()]);
+        let e = build_config(&t.a).unwrap_err().0;
         assert!(
-            toml::from_str::<FileConfig>("wokers = 1").is_err(),
-            "typos are errors"
+            e.contains("wokers") && e.contains("did you mean `workers`"),
+            "{e}"
         );
     }
 }

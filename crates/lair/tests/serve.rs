@@ -662,7 +662,7 @@ fn config_file_and_flags() {
     std::fs::write(
         &conf,
         format!(
-            "root = {:?}\ndotfiles = true\nbackend = 'sync'\nlisten = ['127.0.0.1:0']\nheader_timeout = '200ms'\n",
+            "root = {:?}\ndotfiles = true\nbackend = 'sync'\nlisten = ['127.0.0.1:0']\nheader-timeout = '200ms'\n",
             site.root
         ),
     )
