@@ -13,6 +13,9 @@
 #   scripts/bench-peers.sh                 full matrix: 1k/16k/1m x 10/100/1000 conns x 3 runs, 5 s each
 #   QUICK=1 scripts/bench-peers.sh         1 run, 2 s cells (a smoke test, not a result)
 #   DURATION=10 RUNS=5 SIZES="1k" CONNS="100" scripts/bench-peers.sh
+#   LAIR_BASE=/tmp/lair-old SERVERS="lair-base lair-lazy" scripts/bench-peers.sh
+#                                          A/B: another lair binary (lazy) as server lair-base,
+#                                          cell by cell against this tree's build
 #
 # Output: results/bench-peers/<timestamp>/{raw.csv,summary.md,env.txt}; summary.md is printed.
 set -euo pipefail
@@ -51,7 +54,7 @@ head -c 1024 /dev/urandom > "$work/root/1k.bin"
 head -c $((16 * 1024)) /dev/urandom > "$work/root/16k.bin"
 head -c $((1024 * 1024)) /dev/urandom > "$work/root/1m.bin"
 
-declare -A port=([lair-lazy]=18181 [lair-sync]=18182 [nginx]=18183 [lighttpd]=18184)
+declare -A port=([lair-lazy]=18181 [lair-sync]=18182 [nginx]=18183 [lighttpd]=18184 [lair-base]=18185)
 cat > "$work/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -88,6 +91,10 @@ start() {
     lair-lazy|lair-sync)
       taskset -c "$SERVER_CPU" "$LAIR" serve "$work/root" --listen "127.0.0.1:${port[$s]}" \
         --workers 1 --backend "${s#lair-}" 2>"$work/$s.log" & ;;
+    lair-base)
+      [ -x "${LAIR_BASE:-}" ] || { echo "bench-peers: lair-base needs LAIR_BASE=/path/to/lair" >&2; exit 2; }
+      taskset -c "$SERVER_CPU" "$LAIR_BASE" serve "$work/root" --listen "127.0.0.1:${port[$s]}" \
+        --workers 1 --backend lazy 2>"$work/$s.log" & ;;
     nginx) taskset -c "$SERVER_CPU" nginx -c "$work/nginx.conf" & ;;
     lighttpd) taskset -c "$SERVER_CPU" lighttpd -D -f "$work/lighttpd.conf" & ;;
   esac
@@ -119,10 +126,11 @@ HZ=$(getconf CLK_TCK)
   echo "date: $stamp"; echo "kernel: $(uname -r)"; echo "cpus: $(nproc)"
   echo "model: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
   echo "lair: $(git rev-parse --short HEAD 2>/dev/null) $($LAIR --version)"
+  [ -z "${LAIR_BASE:-}" ] || echo "lair-base: $LAIR_BASE $($LAIR_BASE --version)"
   echo "nginx: $(nginx -v 2>&1)"; echo "lighttpd: $(lighttpd -v 2>&1 | head -1)"
   echo "wrk: $(wrk -v 2>&1 | head -1)"
   echo "server cpu: $SERVER_CPU, client cpu: $CLIENT_CPU, duration: ${DURATION}s, runs: $RUNS"
-  echo "command: DURATION=$DURATION RUNS=$RUNS SIZES='$SIZES' CONNS='$CONNS' scripts/bench-peers.sh"
+  echo "command: DURATION=$DURATION RUNS=$RUNS SIZES='$SIZES' CONNS='$CONNS' SERVERS='$SERVERS' scripts/bench-peers.sh"
 } > "$out/env.txt"
 
 echo "run,size,conns,server,requests,bytes,duration_us,errors,non2xx,p50_us,p99_us,cpu_ticks,hz,user_ticks,sys_ticks,client_cpu_s" > "$out/raw.csv"
