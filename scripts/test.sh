@@ -22,6 +22,7 @@ declare -A pkg_of=(
   [ip]=iproute2          # the lab's slow-client namespaces
   [losetup]=util-linux   # the lab's emulated disk: a loop device…
   [mkfs.ext4]=e2fsprogs  # …holding an ext4 image
+  [strace]=strace        # counts the hit path's system calls (tests/syscalls.rs)
 )
 missing=()
 for cmd in "${!pkg_of[@]}"; do

@@ -9,15 +9,15 @@
 //! Contract: an entry is used only while younger than the time to live, then the path is opened
 //! and checked again, so a file replaced (renamed over) is seen at most one TTL late; a file
 //! changed in place is read through the cached descriptor, and a body that shrank ends the
-//! connection as without the cache. A TTL of zero disables the cache. The cache holds at most
+//! connection as without the cache. Entries are `Arc`s, so a connection holding one can move to
+//! another thread (the thread-per-connection model). A TTL of zero disables the cache. The cache holds at most
 //! `capacity` descriptors; when full, expired entries go first, then everything.
 
-use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use lair_io::{FileStat, SharedFd};
+use lair_io::{Bytes, FileStat, SharedFd};
 
 use crate::validators::ETag;
 
@@ -36,9 +36,10 @@ pub struct Entry {
     pub last_modified: String,
     /// The whole `Content-Type: ...\r\n` line.
     pub content_type: Vec<u8>,
-    /// The whole body, for a small file, once it has been read (immutable: copy semantics for
-    /// every response that uses it).
-    pub body: OnceCell<Box<[u8]>>,
+    /// The whole body, for a small file, once it has been read: immutable and shared, so every
+    /// response that uses it sends these very bytes (a slice for a range) next to its own head
+    /// in one gather send, without copying them (copy semantics without the copy).
+    pub body: OnceLock<Bytes>,
     opened: Instant,
 }
 
@@ -54,7 +55,7 @@ impl Entry {
             stat,
             rel,
             content_type,
-            body: OnceCell::new(),
+            body: OnceLock::new(),
             opened: now,
         }
     }
@@ -64,7 +65,7 @@ impl Entry {
 /// different keys).
 #[derive(Debug)]
 pub struct FileCache {
-    map: HashMap<Vec<u8>, Rc<Entry>>,
+    map: HashMap<Vec<u8>, Arc<Entry>>,
     ttl: Duration,
     capacity: usize,
     /// Lookups answered from the cache.
@@ -90,7 +91,7 @@ impl FileCache {
     }
 
     /// The fresh entry for `key`, if any.
-    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<&Rc<Entry>> {
+    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<&Arc<Entry>> {
         if !self.enabled() {
             return None;
         }
@@ -107,7 +108,7 @@ impl FileCache {
     }
 
     /// Remember `entry` under `key`.
-    pub fn insert(&mut self, key: &[u8], entry: Rc<Entry>, now: Instant) {
+    pub fn insert(&mut self, key: &[u8], entry: Arc<Entry>, now: Instant) {
         if !self.enabled() {
             return;
         }
@@ -142,7 +143,6 @@ impl FileCache {
 mod tests {
     use super::*;
     use lair_io::FileType;
-    use std::sync::Arc;
     use std::time::UNIX_EPOCH;
 
     fn entry(now: Instant) -> Entry {
@@ -160,7 +160,7 @@ mod tests {
     fn ttl_capacity_and_disable() {
         let t0 = Instant::now();
         let mut c = FileCache::new(Duration::from_secs(1), 2);
-        c.insert(b"a", Rc::new(entry(t0)), t0);
+        c.insert(b"a", Arc::new(entry(t0)), t0);
         assert_eq!(
             c.get(b"a", t0).unwrap().content_type,
             b"Content-Type: text/css; charset=utf-8\r\n"
@@ -169,13 +169,13 @@ mod tests {
             c.get(b"a", t0 + Duration::from_secs(2)).is_none(),
             "expired"
         );
-        c.insert(b"b", Rc::new(entry(t0)), t0);
+        c.insert(b"b", Arc::new(entry(t0)), t0);
         let t2 = t0 + Duration::from_secs(2);
-        c.insert(b"c", Rc::new(entry(t2)), t2);
+        c.insert(b"c", Arc::new(entry(t2)), t2);
         assert_eq!(c.len(), 1, "full: expired entries went first");
         assert_eq!((c.hits, c.misses), (1, 1));
         let mut off = FileCache::new(Duration::ZERO, 10);
-        off.insert(b"a", Rc::new(entry(t0)), t0);
+        off.insert(b"a", Arc::new(entry(t0)), t0);
         assert!(off.get(b"a", t0).is_none() && off.is_empty());
     }
 }

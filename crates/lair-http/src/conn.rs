@@ -13,11 +13,10 @@
 use std::ffi::CString;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lair_io::{Completion, FileType, Op, Out, SharedFd};
+use lair_io::{Buf, BufMut, Bytes, Completion, FileType, Gather, Op, Out, SharedFd};
 
 use crate::cache::{Entry, FileCache};
 use crate::config::ServerConfig;
@@ -112,7 +111,10 @@ struct Req {
     index: bool,
     file: Option<SharedFd>,
     /// The cache entry being served (its body is filled after a whole-file read).
-    entry: Option<Rc<Entry>>,
+    entry: Option<Arc<Entry>>,
+    /// A body sent from the cache: shared, immutable bytes that follow the head in the same
+    /// gather send (no copy into the send buffer).
+    shared_body: Option<Bytes>,
     /// Where the body starts in the send buffer, and whether it is the whole file.
     head_len: usize,
     whole_file: bool,
@@ -187,7 +189,7 @@ impl Conn {
                 self.recv_op()
             }
             Phase::Lingering => match (c.result, c.out) {
-                (Ok(n), Out::Buf(mut b)) if n > 0 => {
+                (Ok(n), Out::Buf(BufMut::Vec(mut b))) if n > 0 => {
                     b.clear();
                     self.rbuf = b;
                     self.recv_op()
@@ -200,9 +202,11 @@ impl Conn {
     fn recv_op(&mut self) -> Next {
         // Between keep-alive requests a receive would nearly always fail: wait for readiness.
         let poll_first = self.rbuf.is_empty() && self.served > 0;
+        // The engine receives into spare room only; it never grows the buffer.
+        self.rbuf.reserve(RECV_BYTES);
         Next::Submit(Op::Recv {
             sock: Arc::clone(&self.sock),
-            buf: std::mem::take(&mut self.rbuf),
+            buf: BufMut::Vec(std::mem::take(&mut self.rbuf)),
             max: RECV_BYTES,
             poll_first,
         })
@@ -238,7 +242,7 @@ impl Conn {
     }
 
     fn on_recv(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
-        let (Ok(n), Out::Buf(buf)) = (c.result, c.out) else {
+        let (Ok(n), Out::Buf(BufMut::Vec(buf))) = (c.result, c.out) else {
             return Next::Close;
         };
         let was_empty = buf.len() == n;
@@ -316,7 +320,7 @@ impl Conn {
                 }
                 self.req.key = key;
                 if let Some(e) = cx.cache.get(&self.req.key, cx.now) {
-                    let e = Rc::clone(e);
+                    let e = Arc::clone(e);
                     return self.respond_file(cx, &e);
                 }
                 self.req.rel = self.req.key[..rel_len].to_vec();
@@ -378,8 +382,8 @@ impl Conn {
                     return Next::Close;
                 };
                 let rel = std::mem::take(&mut self.req.rel);
-                let e = Rc::new(Entry::new(file, st, rel, cx.now));
-                cx.cache.insert(&self.req.key, Rc::clone(&e), cx.now);
+                let e = Arc::new(Entry::new(file, st, rel, cx.now));
+                cx.cache.insert(&self.req.key, Arc::clone(&e), cx.now);
                 self.respond_file(cx, &e)
             }
             FileType::Directory if self.req.index => self.error(cx, 404, false, &[]),
@@ -411,7 +415,7 @@ impl Conn {
         self.error(cx, 301, false, &[("Location", &loc)])
     }
 
-    fn respond_file(&mut self, cx: &mut Cx<'_>, e: &Rc<Entry>) -> Next {
+    fn respond_file(&mut self, cx: &mut Cx<'_>, e: &Arc<Entry>) -> Next {
         let Some(head) = self.req.head.clone() else {
             return Next::Close;
         };
@@ -478,15 +482,16 @@ impl Conn {
         self.req.body_len = count;
         if count <= cx.cfg.small_file_bytes as u64 {
             if let Some(body) = e.body.get() {
-                // From memory: no read at all.
+                // From memory: no read, and no copy — the cached bytes go out behind the head
+                // in one gather send.
                 let (a, b) = (first as usize, (first + count) as usize);
-                self.wbuf.extend_from_slice(&body[a..b.min(body.len())]);
+                self.req.shared_body = Some(body.slice(a.min(body.len())..b.min(body.len())));
                 self.req.file = None;
                 return self.send_buf(cx, Phase::SendingBuf);
             }
             self.req.head_len = self.wbuf.len();
             self.req.whole_file = first == 0 && count == len;
-            self.req.entry = Some(Rc::clone(e));
+            self.req.entry = Some(Arc::clone(e));
             self.read_body()
         } else {
             self.send_buf(cx, Phase::SendingHead)
@@ -510,16 +515,20 @@ impl Conn {
         };
         self.phase = Phase::ReadingBody;
         self.deadline = None;
+        let len = usize::try_from(self.req.body_left).unwrap_or(usize::MAX);
+        // Small bodies only (at most `small_file_bytes`): the room is reserved here, the
+        // engine fills it.
+        self.wbuf.reserve(len);
         Next::Submit(Op::Read {
             file,
             offset: self.req.body_off,
-            len: usize::try_from(self.req.body_left).unwrap_or(usize::MAX),
-            buf: std::mem::take(&mut self.wbuf),
+            len,
+            buf: BufMut::Vec(std::mem::take(&mut self.wbuf)),
         })
     }
 
     fn on_read(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
-        if let Out::Buf(b) = c.out {
+        if let Out::Buf(BufMut::Vec(b)) = c.out {
             self.wbuf = b;
         }
         match c.result {
@@ -531,7 +540,7 @@ impl Conn {
                 Some(false) => {
                     if let (Some(e), true) = (self.req.entry.take(), self.req.whole_file) {
                         let body = self.wbuf.get(self.req.head_len..).unwrap_or_default();
-                        let _ = e.body.set(body.into());
+                        let _ = e.body.set(Bytes::copy_from_slice(body));
                     }
                     self.req.file = None;
                     self.send_buf(cx, Phase::SendingBuf)
@@ -547,23 +556,32 @@ impl Conn {
     fn send_buf(&mut self, cx: &Cx<'_>, phase: Phase) -> Next {
         self.phase = phase;
         self.deadline = Some(cx.now + cx.cfg.send_timeout);
+        let mut bufs = Gather::one(std::mem::take(&mut self.wbuf));
+        if let Some(body) = self.req.shared_body.take() {
+            // A two-part list never overflows the gather capacity.
+            let _ = bufs.push(body);
+        }
         Next::Submit(Op::Send {
             sock: Arc::clone(&self.sock),
-            buf: std::mem::take(&mut self.wbuf),
+            bufs,
             from: self.req.wsent,
             more: phase == Phase::SendingHead,
         })
     }
 
     fn on_sent(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
-        if let Out::Buf(b) = c.out {
-            self.wbuf = b;
+        if let Out::Gather(mut g) = c.out {
+            self.wbuf = g.take(0).into_vec().unwrap_or_default();
+            if let Buf::Shared(body) = g.take(1) {
+                self.req.shared_body = Some(body);
+            }
         }
         let Ok(n) = c.result else {
             return Next::Close;
         };
         self.req.wsent += n;
-        if self.req.wsent < self.wbuf.len() {
+        let total = self.wbuf.len() + self.req.shared_body.as_ref().map_or(0, Bytes::len);
+        if self.req.wsent < total {
             return self.send_buf(cx, self.phase);
         }
         if self.phase == Phase::SendingHead {
@@ -634,6 +652,7 @@ impl Conn {
         self.wbuf(cx);
         self.req.status = status;
         self.req.file = None;
+        self.req.shared_body = None;
         self.req.wsent = 0;
         self.req.body_len = response::simple(
             &mut self.wbuf,

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use lair_io::{Backend, Completion, Op, Out, SharedFd, Submit, Token};
+use lair_io::{Backend, Completion, Gather, Op, Out, SharedFd, Submit, Token};
 
 use crate::cache::FileCache;
 use crate::conn::{BufPool, Conn, Cx, Next, Phase};
@@ -34,6 +34,9 @@ const ACCEPT_BATCH: usize = 64;
 const LOG_FLUSH_BYTES: usize = 32 * 1024;
 /// Token of the access-log write.
 const LOG_TOKEN: Token = Token(u64::MAX);
+/// Token of every `Op::Close`: its own space, never a listener's (generation 0) or a
+/// connection's token, so a close that a backend finishes later is recognised and dropped.
+const CLOSE_TOKEN: Token = Token(u64::MAX - 1);
 
 struct Listener {
     fd: SharedFd,
@@ -196,6 +199,10 @@ impl<B: Backend> Worker<B> {
             self.log_done(c);
             return;
         }
+        if c.token == CLOSE_TOKEN {
+            self.closed(c);
+            return;
+        }
         let idx = (c.token.0 & 0xffff_ffff) as u32;
         let gen = (c.token.0 >> 32) as u32;
         if gen == 0 {
@@ -264,7 +271,7 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    fn new_conn(&mut self, fd: OwnedFd, peer: Option<SocketAddr>) {
+    fn new_conn(&mut self, fd: SharedFd, peer: Option<SocketAddr>) {
         self.stats.connections += 1;
         let idx = match self.free.pop() {
             Some(i) => i,
@@ -275,7 +282,7 @@ impl<B: Backend> Worker<B> {
         };
         let slot = &mut self.slots[idx as usize];
         slot.gen = slot.gen.wrapping_add(1).max(1);
-        slot.conn = Some(Conn::new(Arc::new(fd), peer, self.now));
+        slot.conn = Some(Conn::new(fd, peer, self.now));
         self.live += 1;
         if self.live > self.cap {
             self.drive_with(idx, |conn, cx| conn.overloaded(cx));
@@ -347,9 +354,7 @@ impl<B: Backend> Worker<B> {
         self.live -= 1;
         // Cancels a parked operation; a helper still running on the socket holds its own
         // reference, and its late completion is dropped by the generation check.
-        let _ = self
-            .engine
-            .submit(token(idx, 0), Op::Close { fd: conn.sock });
+        self.submit_close(conn.sock);
         if self.live < self.cap + self.overflow_cap {
             for l in &mut self.listeners {
                 if !l.armed && l.paused_until.is_none() {
@@ -394,12 +399,26 @@ impl<B: Backend> Worker<B> {
         self.stopping = true;
         self.stop_deadline = Some(self.now + self.shared.cfg.shutdown_timeout);
         for l in std::mem::take(&mut self.listeners) {
-            let _ = self.engine.submit(token(0, 0), Op::Close { fd: l.fd });
+            self.submit_close(l.fd);
         }
         for i in 0..self.slots.len() {
             if self.slots[i].conn.as_ref().is_some_and(Conn::is_idle) {
                 self.close(i as u32);
             }
+        }
+    }
+
+    /// Close `fd` (cancelling what is parked on it). Every backend today finishes a close at
+    /// once; one that does not delivers it later under [`CLOSE_TOKEN`].
+    fn submit_close(&mut self, fd: SharedFd) {
+        if let Submit::Done(c) = self.engine.submit(CLOSE_TOKEN, Op::Close { fd }) {
+            self.closed(c);
+        }
+    }
+
+    fn closed(&mut self, c: Completion) {
+        if let Err(e) = c.result {
+            tracing::debug!("worker {}: close: {e}", self.id);
         }
     }
 
@@ -424,7 +443,10 @@ impl<B: Backend> Worker<B> {
         let op = Op::Write {
             file: Arc::clone(&log.fd),
             offset: None,
-            buf: std::mem::replace(&mut log.buf, Vec::with_capacity(LOG_FLUSH_BYTES * 2)),
+            bufs: Gather::one(std::mem::replace(
+                &mut log.buf,
+                Vec::with_capacity(LOG_FLUSH_BYTES * 2),
+            )),
         };
         match self.engine.submit(LOG_TOKEN, op) {
             Submit::Done(c) => self.log_done(c),
@@ -439,8 +461,8 @@ impl<B: Backend> Worker<B> {
         };
         log.inflight = false;
         let written = match (&c.result, &c.out) {
-            (Ok(n), Out::Buf(b)) if *n == b.len() => Ok(()),
-            (Ok(n), Out::Buf(b)) => Err(format!("short write ({n} of {} bytes)", b.len())),
+            (Ok(n), Out::Gather(b)) if *n == b.len() => Ok(()),
+            (Ok(n), Out::Gather(b)) => Err(format!("short write ({n} of {} bytes)", b.len())),
             (Err(e), _) => Err(e.to_string()),
             _ => Ok(()),
         };

@@ -35,6 +35,8 @@ pub use counters::{Counters, OpCounters};
 pub use op::{
     Attempt, Call, Completion, FileStat, FileType, Op, OpKind, OpSet, Out, SharedFd, Submit, Token,
 };
+pub use sys::buf;
+pub use sys::buf::{Buf, BufMut, Bytes, Gather};
 pub use sys::{setup, with_backend, Backend, BackendKind, EngineConfig, Waker, WithBackend};
 
 /// Errors of the engine itself (an operation's own failure is in its [`Completion`]).

@@ -1,7 +1,8 @@
 //! Operations, tokens and completions: the plain data that crosses the engine seam.
 //!
-//! An [`Op`] owns everything the operation touches (descriptors as [`SharedFd`], buffers as
-//! `Vec<u8>`), so a backend may run it inline, park it until a socket is ready, or hand it to a
+//! An [`Op`] owns everything the operation touches (descriptors as [`SharedFd`], memory as
+//! [`Gather`] lists of [`Buf`]s to send or write and [`BufMut`]s to receive or read into; see
+//! [`crate::buf`]), so a backend may run it inline, park it until a socket is ready, or hand it to a
 //! helper thread without any lifetime tying it to the caller. The [`Completion`] gives every
 //! owned resource back (the buffer, the new descriptor), also on error, so nothing is lost.
 //!
@@ -16,6 +17,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
+
+use crate::buf::{BufMut, Gather};
 
 /// A descriptor shared between the caller and the engine (and, for a background operation,
 /// a helper thread). It closes when the last clone is dropped, so a helper still running on
@@ -61,27 +64,29 @@ pub enum Op {
         /// The listening socket.
         listener: SharedFd,
     },
-    /// Receive into `buf` (at least `max` bytes of room are reserved; more may arrive if the
-    /// buffer has more spare capacity), appended after its contents. `Ok(0)` is end of stream.
+    /// Receive at most `max` bytes into the spare room of `buf`, after its contents. The
+    /// caller reserves the room (the engine never grows a buffer); none is `EINVAL`. `Ok(0)`
+    /// is end of stream.
     Recv {
         /// The connected socket.
         sock: SharedFd,
-        /// Bytes are appended after `buf.len()`.
-        buf: Vec<u8>,
-        /// Room reserved for the receive.
+        /// Bytes are appended after its filled part.
+        buf: BufMut,
+        /// Most bytes to receive.
         max: usize,
         /// Wait for readiness before trying, unless the socket is already known readable
         /// (like io_uring's `IORING_RECVSEND_POLL_FIRST`): for an idle keep-alive connection,
         /// whose first attempt would almost always fail.
         poll_first: bool,
     },
-    /// Send `buf[from..]` (one system call; the result may be short).
+    /// Send the byte stream of `bufs` from offset `from` (one system call — `sendmsg` when the
+    /// list has several parts; the result may be short).
     Send {
         /// The connected socket.
         sock: SharedFd,
-        /// The bytes; given back in the completion.
-        buf: Vec<u8>,
-        /// First byte to send.
+        /// The bytes, as a gather list; given back in the completion.
+        bufs: Gather,
+        /// First byte (of the whole list) to send.
         from: usize,
         /// More data follows at once (`MSG_MORE`): the kernel coalesces it with the next send.
         more: bool,
@@ -131,7 +136,8 @@ pub enum Op {
         /// The file.
         file: SharedFd,
     },
-    /// Read up to `len` bytes at `offset`, appended to `buf`.
+    /// Read up to `len` bytes at `offset` into the spare room of `buf` (reserved by the
+    /// caller; at most the room is read), after its contents.
     Read {
         /// The file.
         file: SharedFd,
@@ -139,17 +145,18 @@ pub enum Op {
         offset: u64,
         /// How many bytes at most.
         len: usize,
-        /// Bytes are appended after `buf.len()`.
-        buf: Vec<u8>,
+        /// Bytes are appended after its filled part.
+        buf: BufMut,
     },
-    /// Write `buf` at `offset`, or at the end of the file when `offset` is `None`.
+    /// Write the byte stream of `bufs` at `offset`, or at the end of the file when `offset` is
+    /// `None` (one `pwritev2`; the result may be short).
     Write {
         /// The file.
         file: SharedFd,
         /// Where; `None` appends.
         offset: Option<u64>,
         /// The bytes; given back in the completion.
-        buf: Vec<u8>,
+        bufs: Gather,
     },
     /// Any call that may block (the seed's `laio_syscall`).
     Call(Call),
@@ -174,6 +181,16 @@ impl Op {
         }
     }
 
+    /// How many bytes a socket operation asks for at most (a receive's room, a send's rest):
+    /// fewer moved means the socket is drained (receive) or full (send) for now.
+    pub(crate) fn socket_want(&self) -> Option<usize> {
+        match self {
+            Op::Recv { buf, max, .. } => Some(buf.spare_len().min(*max)),
+            Op::Send { bufs, from, .. } => Some(bufs.len().saturating_sub(*from)),
+            _ => None,
+        }
+    }
+
     /// The socket this operation waits on when it would block, and in which direction.
     pub(crate) fn socket_interest(&self) -> Option<(&SharedFd, Interest)> {
         match self {
@@ -188,10 +205,8 @@ impl Op {
     /// Give the owned buffer back (used when an operation fails or is cancelled).
     pub(crate) fn into_out(self) -> Out {
         match self {
-            Op::Recv { buf, .. }
-            | Op::Send { buf, .. }
-            | Op::Read { buf, .. }
-            | Op::Write { buf, .. } => Out::Buf(buf),
+            Op::Recv { buf, .. } | Op::Read { buf, .. } => Out::Buf(buf),
+            Op::Send { bufs, .. } | Op::Write { bufs, .. } => Out::Gather(bufs),
             _ => Out::None,
         }
     }
@@ -300,12 +315,15 @@ pub enum Out {
     /// Nothing to give back.
     #[default]
     None,
-    /// The operation's buffer (`Recv`, `Send`, `Read`, `Write`), also on error.
-    Buf(Vec<u8>),
+    /// The buffer received or read into (`Recv`, `Read`), also on error.
+    Buf(BufMut),
+    /// The gather list sent or written (`Send`, `Write`), also on error.
+    Gather(Gather),
     /// A newly opened file (`Open`).
     File(OwnedFd),
-    /// A newly accepted or connected connection and its peer (`Accept`, `Connect`).
-    Conn(OwnedFd, Option<SocketAddr>),
+    /// A newly accepted or connected connection and its peer (`Accept`, `Connect`), already
+    /// shared: the engine may have registered it for readiness under this very `Arc`.
+    Conn(SharedFd, Option<SocketAddr>),
     /// The result of `Stat`.
     Stat(FileStat),
 }

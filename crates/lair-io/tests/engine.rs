@@ -8,9 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lair_io::{
-    setup, with_backend, Attempt, Backend, BackendKind, Completion, EngineConfig, FileType, Op,
-    OpKind, OpSet, Out, Submit, Token, WithBackend,
+    setup, with_backend, Attempt, Backend, BackendKind, BufMut, Bytes, Completion, EngineConfig,
+    FileType, Gather, Op, OpKind, OpSet, Out, Submit, Token, WithBackend,
 };
+
+/// A receive or read buffer holding `filled`, with `room` bytes reserved after it.
+fn room(filled: &[u8], room: usize) -> BufMut {
+    let mut v = filled.to_vec();
+    v.reserve(room);
+    BufMut::Vec(v)
+}
 
 /// Submit and, if pending, poll until that token completes (bounded).
 fn run<B: Backend>(b: &mut B, token: u64, op: Op) -> Completion {
@@ -71,12 +78,12 @@ impl WithBackend for Files {
                 file: f.clone(),
                 offset: 7,
                 len: 100,
-                buf: b"x".to_vec(),
+                buf: room(b"x", 100),
             },
         );
         assert_eq!(c.result.unwrap(), 4);
         let Out::Buf(buf) = c.out else { panic!("read") };
-        assert_eq!(buf, b"xlair");
+        assert_eq!(buf.as_bytes(), b"xlair");
 
         // `..` and absolute paths cannot leave the directory.
         for bad in ["../x", "/etc/passwd"] {
@@ -116,11 +123,11 @@ impl WithBackend for Files {
             Op::Write {
                 file: log.clone(),
                 offset: None,
-                buf: b"line\n".to_vec(),
+                bufs: Gather::one(b"line\n".to_vec()),
             },
         );
         assert_eq!(c.result.unwrap(), 5);
-        assert!(matches!(c.out, Out::Buf(ref v) if v == b"line\n"));
+        assert!(matches!(c.out, Out::Gather(ref g) if g.parts()[0].as_bytes() == b"line\n"));
         assert_eq!(std::fs::read(dir.path().join("log")).unwrap(), b"line\n");
         assert!(b.counters().op(OpKind::Open).submitted >= 4);
     }
@@ -198,7 +205,7 @@ impl WithBackend for Sockets {
             Token(1),
             Op::Recv {
                 sock: sock.clone(),
-                buf: Vec::new(),
+                buf: room(b"", 64),
                 max: 64,
                 poll_first: false,
             },
@@ -207,14 +214,14 @@ impl WithBackend for Sockets {
         client.write_all(b"ping").unwrap();
         let c = wait_for(&mut b, 1);
         assert_eq!(c.result.unwrap(), 4);
-        assert!(matches!(c.out, Out::Buf(ref v) if v == b"ping"));
+        assert!(matches!(c.out, Out::Buf(ref v) if v.as_bytes() == b"ping"));
 
         let c = run(
             &mut b,
             2,
             Op::Send {
                 sock: sock.clone(),
-                buf: b"xpong".to_vec(),
+                bufs: Gather::one(b"xpong".to_vec()),
                 from: 1,
                 more: false,
             },
@@ -231,7 +238,7 @@ impl WithBackend for Sockets {
         b.poll(&mut none, Some(Duration::from_millis(200))).unwrap();
         let op = Op::Recv {
             sock: sock.clone(),
-            buf: Vec::new(),
+            buf: room(b"", 64),
             max: 64,
             poll_first: true,
         };
@@ -241,14 +248,14 @@ impl WithBackend for Sockets {
             Submit::Done(c) => c,
             Submit::Pending => wait_for(&mut b, 9),
         };
-        assert!(matches!(done.out, Out::Buf(ref v) if v == b"late"));
+        assert!(matches!(done.out, Out::Buf(ref v) if v.as_bytes() == b"late"));
 
         // Closing cancels a parked receive and gives its buffer back.
         let s = b.submit(
             Token(3),
             Op::Recv {
                 sock: sock.clone(),
-                buf: b"kept".to_vec(),
+                buf: room(b"kept", 64),
                 max: 64,
                 poll_first: true,
             },
@@ -258,7 +265,7 @@ impl WithBackend for Sockets {
         assert!(matches!(closed, Submit::Done(_)));
         let c = wait_for(&mut b, 3);
         assert_eq!(c.result.unwrap_err().raw_os_error(), Some(libc::ECANCELED));
-        assert!(matches!(c.out, Out::Buf(ref v) if v == b"kept"));
+        assert!(matches!(c.out, Out::Buf(ref v) if v.as_bytes() == b"kept"));
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "the server side is closed");
@@ -331,13 +338,13 @@ impl WithBackend for Connects {
         };
         assert_eq!(peer, addr);
         let (mut server_side, _) = l.accept().unwrap();
-        let sock = Arc::new(fd);
+        let sock = fd;
         let c = run(
             &mut b,
             2,
             Op::Send {
                 sock: sock.clone(),
-                buf: b"hi".to_vec(),
+                bufs: Gather::one(b"hi".to_vec()),
                 from: 0,
                 more: false,
             },
@@ -414,7 +421,7 @@ impl WithBackend for NetworkOnly {
             2,
             Op::Recv {
                 sock,
-                buf: Vec::new(),
+                buf: room(b"", 8),
                 max: 8,
                 poll_first: false,
             },
@@ -435,4 +442,81 @@ fn laio_ops_keep_other_operations_on_the_loop() {
         ..EngineConfig::default()
     };
     for_each_backend(|k| with_backend(k, &cfg, NetworkOnly).unwrap());
+}
+
+struct Buffers;
+impl WithBackend for Buffers {
+    type Output = ();
+    fn run<B: Backend>(self, mut b: B) {
+        let name = B::NAME;
+        let (sock, mut client) = pair();
+        // A head and a shared body in one gather send, resumed from inside the first part;
+        // the shared bytes come back untouched, for the next response to send again.
+        let body = Bytes::from(vec![b'b'; 3000]);
+        let mut bufs = Gather::one(b"xxHEAD\r\n\r\n".to_vec());
+        bufs.push(body.slice(1000..)).unwrap();
+        let c = run(
+            &mut b,
+            1,
+            Op::Send {
+                sock: sock.clone(),
+                bufs,
+                from: 2,
+                more: false,
+            },
+        );
+        assert_eq!(
+            c.result.unwrap(),
+            8 + 2000,
+            "{name}: one call sends both parts"
+        );
+        let Out::Gather(mut g) = c.out else {
+            panic!("{name}: send gives its list back")
+        };
+        assert_eq!(g.parts().len(), 2);
+        assert_eq!(g.take(0).into_vec().unwrap(), b"xxHEAD\r\n\r\n");
+        let mut got = vec![0u8; 2008];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..8], b"HEAD\r\n\r\n");
+        assert!(got[8..].iter().all(|&x| x == b'b'), "{name}: body bytes");
+
+        // The engine never grows a buffer: no room is EINVAL, with the buffer given back, not
+        // a zero-length receive that would read as end of stream.
+        client.write_all(b"data").unwrap();
+        let full = BufMut::Vec(Vec::new());
+        let c = run(
+            &mut b,
+            2,
+            Op::Recv {
+                sock: sock.clone(),
+                buf: full,
+                max: 64,
+                poll_first: false,
+            },
+        );
+        assert_eq!(
+            c.result.unwrap_err().raw_os_error(),
+            Some(libc::EINVAL),
+            "{name}"
+        );
+        assert!(matches!(c.out, Out::Buf(_)), "{name}: buffer back");
+        // At most `max` bytes, even with more room.
+        let c = run(
+            &mut b,
+            3,
+            Op::Recv {
+                sock: sock.clone(),
+                buf: room(b"", 64),
+                max: 3,
+                poll_first: false,
+            },
+        );
+        assert_eq!(c.result.unwrap(), 3, "{name}: capped at max");
+        assert!(matches!(c.out, Out::Buf(ref v) if v.as_bytes() == b"dat"));
+    }
+}
+
+#[test]
+fn gather_sends_and_caller_reserved_room_on_every_backend() {
+    for_each_backend(|k| with_backend(k, &EngineConfig::default(), Buffers).unwrap());
 }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lair_io::{
-    setup, with_backend, Backend, BackendKind, Completion, EngineConfig, Op, OpKind, Out, Submit,
-    Token, WithBackend,
+    setup, with_backend, Backend, BackendKind, BufMut, Completion, EngineConfig, Op, OpKind, Out,
+    Submit, Token, WithBackend,
 };
 use serde::Serialize;
 
@@ -374,7 +374,7 @@ impl OpenStat<'_> {
                 Some(read_op(file, 0, std::mem::take(spare)))
             }
             (Stage::Stating(_), Out::Stat(_)) => None,
-            (Stage::Reading { file, offset, size }, Out::Buf(buf)) => {
+            (Stage::Reading { file, offset, size }, Out::Buf(BufMut::Vec(buf))) => {
                 *bytes += n as u64;
                 let offset = offset + n as u64;
                 if n == 0 || offset >= size {
@@ -396,11 +396,12 @@ impl OpenStat<'_> {
 
 fn read_op(file: lair_io::SharedFd, offset: u64, mut buf: Vec<u8>) -> Op {
     buf.clear();
+    buf.reserve(READ_CHUNK);
     Op::Read {
         file,
         offset,
         len: READ_CHUNK,
-        buf,
+        buf: BufMut::Vec(buf),
     }
 }
 

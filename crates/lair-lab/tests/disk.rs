@@ -174,7 +174,7 @@ mod engine {
                 file: Arc::clone(&file),
                 offset: 0,
                 len: 1,
-                buf: Vec::new(),
+                buf: lair_io::BufMut::Vec(Vec::with_capacity(1)),
             };
             assert!(matches!(b.submit(Token(0), read), Submit::Pending));
             // …and the file's pages are on their way, as readahead would have them.

@@ -13,11 +13,12 @@
 //! second's worth, so the rate is smooth rather than one big read and a long pause.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lair_io::sys::sync::SyncBackend;
-use lair_io::{setup, Backend, Completion, EngineConfig, Op, Out, SharedFd, Submit, Token};
+use lair_io::{
+    setup, Backend, BufMut, Completion, EngineConfig, Gather, Op, Out, SharedFd, Submit, Token,
+};
 
 use crate::{Error, LoadConfig, Mode, Progress, Stop, Tally};
 
@@ -476,7 +477,7 @@ impl<B: Backend> Loop<'_, B> {
         };
         let op = Op::Send {
             sock,
-            buf: std::mem::take(&mut c.wbuf),
+            bufs: Gather::one(std::mem::take(&mut c.wbuf)),
             from: c.wsent,
             more: false,
         };
@@ -495,9 +496,10 @@ impl<B: Backend> Loop<'_, B> {
             return;
         };
         c.state = State::Receiving;
+        c.rbuf.reserve(max);
         let op = Op::Recv {
             sock,
-            buf: std::mem::take(&mut c.rbuf),
+            buf: BufMut::Vec(std::mem::take(&mut c.rbuf)),
             max,
             // The answer cannot be there yet: wait for readiness instead of a failing read.
             poll_first: true,
@@ -510,7 +512,7 @@ impl<B: Backend> Loop<'_, B> {
             State::Connecting => match (c.result, c.out) {
                 (Ok(_), Out::Conn(fd, _)) => {
                     self.connected_once = true;
-                    self.conns[idx].sock = Some(Arc::new(fd));
+                    self.conns[idx].sock = Some(fd);
                     if self.closed() {
                         self.send_next(idx);
                     } else {
@@ -539,8 +541,8 @@ impl<B: Backend> Loop<'_, B> {
                 }
             },
             State::Sending => {
-                if let Out::Buf(b) = c.out {
-                    self.conns[idx].wbuf = b;
+                if let Out::Gather(mut g) = c.out {
+                    self.conns[idx].wbuf = g.take(0).into_vec().unwrap_or_default();
                 }
                 match c.result {
                     Ok(n) => {
@@ -556,7 +558,7 @@ impl<B: Backend> Loop<'_, B> {
                 }
             }
             State::Receiving => {
-                if let Out::Buf(b) = c.out {
+                if let Out::Buf(BufMut::Vec(b)) = c.out {
                     self.conns[idx].rbuf = b;
                 }
                 match c.result {

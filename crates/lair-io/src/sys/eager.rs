@@ -11,7 +11,7 @@
 //! measures it here.
 
 use super::exec::Step;
-use super::reactor::{Policy, Readiness};
+use super::reactor::{Policy, Readiness, SocketReady};
 use super::EngineConfig;
 use crate::op::{Attempt, Op};
 use crate::Error;
@@ -30,7 +30,7 @@ impl Policy for Eager {
         Ok(Eager)
     }
 
-    fn start(&mut self, op: Op) -> Step {
+    fn start(&mut self, op: Op, _ready: SocketReady) -> Step {
         match op {
             // Dropping a reference is bookkeeping, not a system call that could block (the
             // last reference closes the descriptor; a socket's close does not wait).

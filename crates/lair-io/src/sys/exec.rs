@@ -85,7 +85,7 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             recv_buffer,
             sock: None,
         } => match os::connect_start(addr, recv_buffer) {
-            Ok((fd, true)) => Step::Done(Ok(0), Out::Conn(fd, Some(addr))),
+            Ok((fd, true)) => Step::Done(Ok(0), Out::Conn(Arc::new(fd), Some(addr))),
             Ok((fd, false)) => Step::WouldBlock(Op::Connect {
                 addr,
                 recv_buffer,
@@ -98,11 +98,7 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             recv_buffer,
             sock: Some(sock),
         } => match os::connect_finished(&sock) {
-            Ok(true) => match Arc::try_unwrap(sock) {
-                Ok(fd) => Step::Done(Ok(0), Out::Conn(fd, Some(addr))),
-                // The engine holds the only reference of a socket it created.
-                Err(_) => Step::Done(Err(io::Error::other("connect: socket shared")), Out::None),
-            },
+            Ok(true) => Step::Done(Ok(0), Out::Conn(sock, Some(addr))),
             Ok(false) => Step::WouldBlock(Op::Connect {
                 addr,
                 recv_buffer,
@@ -111,7 +107,7 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             Err(e) => Step::Done(Err(e), Out::None),
         },
         Op::Accept { listener } => match os::accept(&listener) {
-            Ok((fd, peer)) => Step::Done(Ok(0), Out::Conn(fd, peer)),
+            Ok((fd, peer)) => Step::Done(Ok(0), Out::Conn(Arc::new(fd), peer)),
             Err(e) if would_block(&e) => Step::WouldBlock(Op::Accept { listener }),
             Err(e) => Step::Done(Err(e), Out::None),
         },
@@ -132,18 +128,18 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
         },
         Op::Send {
             sock,
-            buf,
+            bufs,
             from,
             more,
-        } => match os::send(&sock, buf.get(from..).unwrap_or_default(), more) {
-            Ok(n) => Step::Done(Ok(n), Out::Buf(buf)),
+        } => match os::send(&sock, &bufs, from, more) {
+            Ok(n) => Step::Done(Ok(n), Out::Gather(bufs)),
             Err(e) if would_block(&e) => Step::WouldBlock(Op::Send {
                 sock,
-                buf,
+                bufs,
                 from,
                 more,
             }),
-            Err(e) => Step::Done(Err(e), Out::Buf(buf)),
+            Err(e) => Step::Done(Err(e), Out::Gather(bufs)),
         },
         Op::Sendfile {
             sock,
@@ -252,12 +248,12 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
                 Err(e) => Step::Done(Err(e), Out::Buf(buf)),
             }
         }
-        Op::Write { file, offset, buf } => {
+        Op::Write { file, offset, bufs } => {
             if nowait && !caps.nowait_write {
-                return Step::Helper(Op::Write { file, offset, buf });
+                return Step::Helper(Op::Write { file, offset, bufs });
             }
-            match os::write(&file, offset, &buf, wait) {
-                Ok(n) => Step::Done(Ok(n), Out::Buf(buf)),
+            match os::write(&file, offset, &bufs, wait) {
+                Ok(n) => Step::Done(Ok(n), Out::Gather(bufs)),
                 Err(e) if nowait && (would_block(&e) || unsupported(&e)) => {
                     if unsupported(&e) {
                         caps.nowait_write = false;
@@ -266,9 +262,9 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
                              file writes now always go to a helper thread"
                         );
                     }
-                    Step::Helper(Op::Write { file, offset, buf })
+                    Step::Helper(Op::Write { file, offset, bufs })
                 }
-                Err(e) => Step::Done(Err(e), Out::Buf(buf)),
+                Err(e) => Step::Done(Err(e), Out::Gather(bufs)),
             }
         }
         Op::Call(mut f) => {

@@ -12,7 +12,7 @@
 
 use super::exec::{exec, Caps, Step};
 use super::os::Wait;
-use super::reactor::{Policy, Readiness};
+use super::reactor::{Policy, Readiness, SocketReady};
 use super::EngineConfig;
 use crate::op::{Attempt, Op};
 use crate::Error;
@@ -33,7 +33,7 @@ impl Policy for Hybrid {
         Ok(Hybrid { caps: Caps::none() })
     }
 
-    fn start(&mut self, op: Op) -> Step {
+    fn start(&mut self, op: Op, _ready: SocketReady) -> Step {
         match op {
             Op::Open { .. }
             | Op::Stat { .. }

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use super::exec::{exec, Caps, Step};
 use super::os::{self, Wait};
-use super::reactor::{Policy, Readiness};
+use super::reactor::{Policy, Readiness, SocketReady};
 use super::EngineConfig;
 use crate::op::{Attempt, Op};
 use crate::Error;
@@ -40,7 +40,7 @@ impl Policy for Lazy {
     }
 
     #[inline]
-    fn start(&mut self, op: Op) -> Step {
+    fn start(&mut self, op: Op, _ready: SocketReady) -> Step {
         let step = exec(op, Wait::NoWait, &mut self.caps);
         if let Step::Helper(_) = &step {
             self.caps.last_miss = Some(std::time::Instant::now());
@@ -106,7 +106,7 @@ fn probe(config: &EngineConfig) -> Caps {
             );
         }
         if probed_root && caps.nowait_read {
-            let mut b = Vec::new();
+            let mut b = crate::buf::BufMut::Vec(Vec::with_capacity(1));
             if let Err(e) = os::read(file, 0, 1, &mut b, Wait::NoWait) {
                 if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
                     caps.nowait_read = false;

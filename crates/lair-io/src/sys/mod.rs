@@ -30,6 +30,7 @@ use crate::counters::Counters;
 use crate::op::{Completion, Op, OpSet, SharedFd, Submit, Token};
 use crate::Error;
 
+pub mod buf;
 mod exec;
 mod helpers;
 pub(crate) mod os;
@@ -42,7 +43,7 @@ pub mod lazy;
 pub mod sync;
 pub mod uring;
 
-pub use reactor::Readiness;
+pub use reactor::{Policy, Readiness, SocketReady};
 
 /// One engine instance, owned by one event loop thread.
 pub trait Backend: Sized + 'static {

@@ -22,6 +22,7 @@ use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
 use rustix::io::{Errno, ReadWriteFlags};
 use rustix::net::{self as rnet, RecvFlags, SendFlags, SocketFlags};
 
+use super::buf::{BufMut, Gather, GATHER_MAX};
 use crate::op::{FileStat, FileType};
 
 /// How a file call may run.
@@ -142,25 +143,47 @@ pub(crate) fn connect_finished(fd: &OwnedFd) -> io::Result<bool> {
     }
 }
 
-/// `recv` into the spare capacity of `buf` (at least `max` bytes are reserved first).
-pub(crate) fn recv(sock: &OwnedFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    buf.reserve(max.max(1));
-    let (_, n) = rnet::recv(
-        sock,
-        rustix::buffer::spare_capacity(buf),
-        RecvFlags::empty(),
-    )
-    .map_err(io_err)?;
+/// `recv` of at most `max` bytes into the spare room of `buf` (reserved by the caller; none is
+/// `EINVAL`, never a zero-length receive that would look like end of stream).
+pub(crate) fn recv(sock: &OwnedFd, buf: &mut BufMut, max: usize) -> io::Result<usize> {
+    let spare = buf.spare();
+    let room = spare.len().min(max);
+    if room == 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let ((init, _), _) =
+        rnet::recv(sock, &mut spare[..room], RecvFlags::empty()).map_err(io_err)?;
+    let n = init.len();
+    // SAFETY: `recv` initialised exactly these `n` bytes at the start of the spare room.
+    unsafe { buf.filled(n) };
     Ok(n)
 }
 
-/// `send(MSG_NOSIGNAL [| MSG_MORE])`: a vanished peer is `EPIPE`, never a signal.
-pub(crate) fn send(sock: &OwnedFd, buf: &[u8], more: bool) -> io::Result<usize> {
+/// `send(MSG_NOSIGNAL [| MSG_MORE])` of the stream of `bufs` from offset `from` — `sendmsg`
+/// with one `iovec` per part when there are several: a vanished peer is `EPIPE`, never a
+/// signal.
+pub(crate) fn send(sock: &OwnedFd, bufs: &Gather, from: usize, more: bool) -> io::Result<usize> {
     let mut flags = SendFlags::NOSIGNAL;
     if more {
         flags |= SendFlags::MORE;
     }
-    rnet::send(sock, buf, flags).map_err(io_err)
+    let mut slices = [io::IoSlice::new(&[]); GATHER_MAX];
+    let mut n = 0;
+    for part in bufs.slices_from(from) {
+        slices[n] = io::IoSlice::new(part);
+        n += 1;
+    }
+    match n {
+        0 => Ok(0),
+        1 => rnet::send(sock, &slices[0], flags).map_err(io_err),
+        _ => rnet::sendmsg(
+            sock,
+            &slices[..n],
+            &mut rnet::SendAncillaryBuffer::default(),
+            flags,
+        )
+        .map_err(io_err),
+    }
 }
 
 /// `sendfile(sock, file, &offset, len)` on a non-blocking socket: never waits for the socket,
@@ -250,20 +273,25 @@ pub(crate) fn prefetch(file: &OwnedFd, len: usize) {
     let _ = rfs::fadvise(file, 0, len, rfs::Advice::WillNeed);
 }
 
-/// `preadv2` of up to `len` bytes at `offset`, appended to `buf`; with [`Wait::NoWait`] it uses
-/// `RWF_NOWAIT` (`EAGAIN` when the first page is not cached; short when a later one is not).
+/// `preadv2` of up to `len` bytes at `offset` into the spare room of `buf` (reserved by the
+/// caller; at most the room is read); with [`Wait::NoWait`] it uses `RWF_NOWAIT` (`EAGAIN`
+/// when the first page is not cached; short when a later one is not).
 pub(crate) fn read(
     file: &OwnedFd,
     offset: u64,
     len: usize,
-    buf: &mut Vec<u8>,
+    buf: &mut BufMut,
     wait: Wait,
 ) -> io::Result<usize> {
     // Into the spare capacity, not zeroed first: rustix's `preadv2` takes initialised slices,
     // and zero-filling a 256 KiB read buffer before every read cost more than the read
     // (`lair micro open-stat-read`: 1.6× a plain `pread` loop, 1.0× without it).
-    buf.reserve(len);
-    let spare = &mut buf.spare_capacity_mut()[..len];
+    let spare = buf.spare();
+    let len = len.min(spare.len());
+    if len == 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let spare = &mut spare[..len];
     let iov = libc::iovec {
         iov_base: spare.as_mut_ptr().cast(),
         iov_len: spare.len(),
@@ -278,17 +306,17 @@ pub(crate) fn read(
     // the kernel writes at most `iov_len` bytes there and reports how many.
     let r = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, flags) };
     let n = usize::try_from(r).map_err(|_| io::Error::last_os_error())?;
-    // SAFETY: the kernel initialised the first `n` (≤ `len`) bytes after the old length.
-    unsafe { buf.set_len(buf.len() + n) };
+    // SAFETY: the kernel initialised the first `n` (≤ `len`) bytes of the spare room.
+    unsafe { buf.filled(n) };
     Ok(n)
 }
 
-/// `pwritev2` of `buf` at `offset` (or appended: `RWF_APPEND`), `RWF_NOWAIT` with
-/// [`Wait::NoWait`].
+/// `pwritev2` of the stream of `bufs` at `offset` (or appended: `RWF_APPEND`), `RWF_NOWAIT`
+/// with [`Wait::NoWait`].
 pub(crate) fn write(
     file: &OwnedFd,
     offset: Option<u64>,
-    buf: &[u8],
+    bufs: &Gather,
     wait: Wait,
 ) -> io::Result<usize> {
     let mut flags = match wait {
@@ -302,7 +330,13 @@ pub(crate) fn write(
             u64::MAX
         }
     };
-    rustix::io::pwritev2(file, &[io::IoSlice::new(buf)], off, flags).map_err(io_err)
+    let mut slices = [io::IoSlice::new(&[]); GATHER_MAX];
+    let mut n = 0;
+    for part in bufs.slices_from(0) {
+        slices[n] = io::IoSlice::new(part);
+        n += 1;
+    }
+    rustix::io::pwritev2(file, &slices[..n], off, flags).map_err(io_err)
 }
 
 /// `cachestat(2)` (Linux 6.5): the system call number is 451 on every architecture.

@@ -7,9 +7,13 @@
 //! same for all of them, so it lives here once.
 //!
 //! Invariants:
-//! - a socket is registered with epoll (edge-triggered, both directions) the first time an
-//!   operation on it would block, and at most one read-side and one write-side operation is
-//!   parked per socket;
+//! - a socket is registered with epoll (edge-triggered, both directions) when it is accepted
+//!   (or, for any other socket, the first time an operation on it would block), and at most one
+//!   read-side and one write-side operation is parked per socket;
+//! - what is known of a registered socket's readiness is kept in its slot — set by epoll's
+//!   edges, cleared by an `EAGAIN`, by a receive that drained the socket (fewer bytes than
+//!   asked for) and by a send that filled it (fewer bytes than offered) — and shown to the
+//!   policy ([`SocketReady`]) with every operation it decides on;
 //! - every operation is attempted inline before it is parked, so an edge that fired before the
 //!   operation was submitted is never needed;
 //! - the eventfd is read before the helper queue is drained (see `helpers`), so no completion
@@ -30,6 +34,17 @@ use crate::counters::Counters;
 use crate::op::{Attempt, Call, Completion, Interest, Op, OpKind, OpSet, Out, Submit, Token};
 use crate::Error;
 
+/// What the reactor knows of an operation's socket when the policy decides on it: `Some(true)`
+/// ready, `Some(false)` not (an `EAGAIN`, a drained receive or a full send since the last
+/// edge), `None` unknown (no socket, or one not registered).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketReady {
+    /// Readable (data or end of stream waiting).
+    pub readable: Option<bool>,
+    /// Writable (room in the send buffer).
+    pub writable: Option<bool>,
+}
+
 /// How a backend first attempts an operation (and each retry after readiness).
 pub trait Policy: Sized + 'static {
     /// Backend name.
@@ -40,8 +55,8 @@ pub trait Policy: Sized + 'static {
     /// sends every call to a helper). A call run on the loop takes a short path through
     /// [`Backend::submit`].
     const CALL_ON_LOOP: Option<Attempt>;
-    /// Attempt `op`.
-    fn start(&mut self, op: Op) -> Step;
+    /// Attempt `op`, knowing what the reactor knows of its socket.
+    fn start(&mut self, op: Op, ready: SocketReady) -> Step;
 }
 
 /// Epoll key of the wake-up eventfd; every other key is a descriptor number.
@@ -188,7 +203,10 @@ impl<P: Policy> Readiness<P> {
             }
         }
         match self.start(op) {
-            Step::Done(result, out) => self.counters.done_inline(token, kind, result, out),
+            Step::Done(result, out) => {
+                self.watch_accepted(kind, &out);
+                self.counters.done_inline(token, kind, result, out)
+            }
             Step::WouldBlock(op) => self.park_new(token, op),
             Step::Helper(op) => {
                 self.send_to_helper(Job::new(token, op));
@@ -327,14 +345,73 @@ impl<P: Policy> Readiness<P> {
     }
 
     /// Attempt `op`: by the policy if it is one of `laio_ops`, else directly on the loop as
-    /// under `sync` (file calls block, sockets still park on readiness).
+    /// under `sync` (file calls block, sockets still park on readiness). A receive that got
+    /// fewer bytes than it had room for drained the socket, and a send that took fewer than it
+    /// was offered filled it: the slot says so, and the next receive between requests waits
+    /// for an edge instead of failing first (edge-triggered epoll reports every arrival).
     #[inline]
     fn start(&mut self, op: Op) -> Step {
-        if self.laio_ops.contains(op.kind()) {
-            self.policy.start(op)
+        let sock = op.socket_interest().map(|(s, i)| {
+            (
+                usize::try_from(s.as_raw_fd()).unwrap_or(usize::MAX),
+                Arc::as_ptr(s) as usize,
+                i,
+            )
+        });
+        let want = op.socket_want();
+        let step = if self.laio_ops.contains(op.kind()) {
+            let ready = sock.map_or(SocketReady::default(), |(fd, owner, _)| {
+                self.known(fd, owner)
+            });
+            self.policy.start(op, ready)
         } else {
             exec(op, Wait::Block, &mut self.direct)
+        };
+        if let (Some((fd, owner, interest)), Some(want), Step::Done(Ok(n), _)) = (sock, want, &step)
+        {
+            if *n > 0 && *n < want {
+                if let Some(slot) = self.slots.get_mut(fd).filter(|s| s.owner == owner) {
+                    match interest {
+                        Interest::Read => slot.readable = false,
+                        Interest::Write => slot.writable = false,
+                    }
+                }
+            }
         }
+        step
+    }
+
+    /// What the slot of descriptor `fd` (owned by `owner`) knows.
+    #[inline]
+    fn known(&self, fd: usize, owner: usize) -> SocketReady {
+        match self.slots.get(fd) {
+            Some(s) if s.owner == owner && s.registered => SocketReady {
+                readable: Some(s.readable),
+                writable: Some(s.writable),
+            },
+            _ => SocketReady::default(),
+        }
+    }
+
+    /// Register a just-accepted connection for readiness at once, so its readiness is known
+    /// from the start (also for a connection that never blocks) and a slot a closed
+    /// descriptor left under the same number is replaced. A failure leaves it unregistered: it
+    /// is then registered the first time an operation on it would block.
+    fn watch_accepted(&mut self, kind: OpKind, out: &Out) {
+        let (OpKind::Accept, Out::Conn(sock, _)) = (kind, out) else {
+            return;
+        };
+        let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);
+        if fd >= self.slots.len() {
+            self.slots.resize_with(fd + 1, Slot::default);
+        }
+        // Edge-triggered: the registration itself reports what is ready now.
+        let registered = os::epoll_add(&self.epoll, &**sock, fd as u64).is_ok();
+        self.slots[fd] = Slot {
+            owner: Arc::as_ptr(sock) as usize,
+            registered,
+            ..Slot::default()
+        };
     }
 
     /// Cancel what is parked on `fd` (completions with `ECANCELED`, delivered by `poll`).
@@ -375,6 +452,7 @@ impl<P: Policy> Readiness<P> {
                 if let Some(slot) = connecting.and_then(|fd| self.slots.get_mut(fd)) {
                     *slot = Slot::default();
                 }
+                self.watch_accepted(kind, &out);
                 self.counters.op_mut(kind).errors += u64::from(result.is_err());
                 done.push(Completion::new(token, kind, result, out));
             }
@@ -416,6 +494,7 @@ impl<P: Policy> Readiness<P> {
                 if let Some(slot) = connecting.and_then(|fd| self.slots.get_mut(fd)) {
                     *slot = Slot::default();
                 }
+                self.watch_accepted(kind, &out);
                 self.counters.op_mut(kind).errors += u64::from(result.is_err());
                 done.push(Completion::new(token, kind, result, out));
             }

@@ -7,7 +7,7 @@
 
 use super::exec::{exec, Caps, Step};
 use super::os::Wait;
-use super::reactor::{Policy, Readiness};
+use super::reactor::{Policy, Readiness, SocketReady};
 use super::EngineConfig;
 use crate::op::{Attempt, Op};
 use crate::Error;
@@ -29,7 +29,7 @@ impl Policy for Sync {
     }
 
     #[inline]
-    fn start(&mut self, op: Op) -> Step {
+    fn start(&mut self, op: Op, _ready: SocketReady) -> Step {
         exec(op, Wait::Block, &mut self.caps)
     }
 }

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::buf::{BufMut, Gather, GATHER_MAX};
 use super::exec::{call_once, exec, Caps, Step};
 use super::helpers::{Helpers, Job};
 use super::os::{self, Wait};
@@ -74,13 +75,16 @@ enum State {
     },
     Recv {
         sock: SharedFd,
-        buf: Vec<u8>,
+        buf: BufMut,
+        max: usize,
     },
     Send {
         sock: SharedFd,
-        buf: Vec<u8>,
+        bufs: Gather,
         from: usize,
         more: bool,
+        /// For a list of several parts: the `msghdr` and `iovec`s of a `SENDMSG`.
+        msg: Option<Box<Vectors>>,
     },
     /// Sendfile, step 1: reading the file into `stage`.
     FileToStage {
@@ -109,12 +113,52 @@ enum State {
     },
     Read {
         file: SharedFd,
-        buf: Vec<u8>,
+        buf: BufMut,
     },
     Write {
         file: SharedFd,
-        buf: Vec<u8>,
+        bufs: Gather,
+        /// The `iovec`s of a `WRITEV`.
+        msg: Box<Vectors>,
     },
+}
+
+/// The `iovec`s (and `msghdr`) of a gather operation, owned by its flight so they stay put
+/// until the kernel has read them.
+struct Vectors {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; GATHER_MAX],
+}
+
+impl Vectors {
+    /// Point at the stream of `bufs` from `from` (the buffers are owned by the same flight).
+    fn new(bufs: &Gather, from: usize) -> Box<Vectors> {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // SAFETY: `msghdr` is plain data; all zeroes (no name, no control data) is valid.
+        let hdr = unsafe { std::mem::zeroed() };
+        let mut v = Box::new(Vectors {
+            hdr,
+            iov: [empty; GATHER_MAX],
+        });
+        let mut n = 0;
+        for part in bufs.slices_from(from) {
+            v.iov[n] = libc::iovec {
+                iov_base: part.as_ptr().cast_mut().cast(),
+                iov_len: part.len(),
+            };
+            n += 1;
+        }
+        v.hdr.msg_iov = v.iov.as_mut_ptr();
+        v.hdr.msg_iovlen = n as _;
+        v
+    }
+
+    fn count(&self) -> usize {
+        self.hdr.msg_iovlen
+    }
 }
 
 /// An operation in the ring.
@@ -277,9 +321,9 @@ impl UringBackend {
                     self.counters.op_mut(kind).ring += 1;
                     Submit::Pending
                 }
-                Err(e) => {
+                Err((e, out)) => {
                     self.counters.op_mut(kind).errors += 1;
-                    Submit::Done(Completion::new(token, kind, Err(e), Out::None))
+                    Submit::Done(Completion::new(token, kind, Err(e), out))
                 }
             },
         }
@@ -374,32 +418,38 @@ impl UringBackend {
     }
 
     /// Put `op` into the ring.
-    fn start(&mut self, token: Token, op: Op) -> io::Result<()> {
+    /// On failure, the error and what the operation gives back.
+    fn start(&mut self, token: Token, op: Op) -> Result<(), (io::Error, Out)> {
         let kind = op.kind();
+        let no_room = || io::Error::from_raw_os_error(libc::EINVAL);
         let state = match op {
             Op::Connect {
                 addr, recv_buffer, ..
             } => State::Connect {
                 addr,
-                sock: os::tcp_socket(addr, recv_buffer, false)?,
+                sock: os::tcp_socket(addr, recv_buffer, false).map_err(|e| (e, Out::None))?,
                 raw: Box::new(rustix::net::SocketAddrAny::from(addr)),
             },
             Op::Accept { listener } => State::Accept { listener },
             Op::Recv {
                 sock, mut buf, max, ..
             } => {
-                buf.reserve(max.max(1));
-                State::Recv { sock, buf }
+                // A zero-length receive would complete with 0, which means end of stream.
+                if buf.spare().is_empty() || max == 0 {
+                    return Err((no_room(), Out::Buf(buf)));
+                }
+                State::Recv { sock, buf, max }
             }
             Op::Send {
                 sock,
-                buf,
+                bufs,
                 from,
                 more,
             } => State::Send {
                 sock,
-                from: from.min(buf.len()),
-                buf,
+                from: from.min(bufs.len()),
+                msg: (bufs.parts().len() > 1).then(|| Vectors::new(&bufs, from)),
+                bufs,
                 more,
             },
             Op::Sendfile {
@@ -439,7 +489,9 @@ impl UringBackend {
                 len,
                 mut buf,
             } => {
-                buf.reserve(len.max(1));
+                if buf.spare().is_empty() || len == 0 {
+                    return Err((no_room(), Out::Buf(buf)));
+                }
                 let flight = Flight {
                     token,
                     kind,
@@ -448,11 +500,12 @@ impl UringBackend {
                 self.queue(flight, Some((offset, len)));
                 return Ok(());
             }
-            Op::Write { file, offset, buf } => {
+            Op::Write { file, offset, bufs } => {
+                let msg = Vectors::new(&bufs, 0);
                 let flight = Flight {
                     token,
                     kind,
-                    state: State::Write { file, buf },
+                    state: State::Write { file, bufs, msg },
                 };
                 self.queue(flight, Some((offset.unwrap_or(u64::MAX), 0)));
                 return Ok(());
@@ -480,35 +533,45 @@ impl UringBackend {
             )
             .flags(libc::SOCK_CLOEXEC)
             .build(),
-            State::Recv { sock, buf } => {
-                let spare = buf.spare_capacity_mut();
+            State::Recv { sock, buf, max } => {
+                let spare = buf.spare();
                 opcode::Recv::new(
                     types::Fd(sock.as_raw_fd()),
                     spare.as_mut_ptr().cast(),
-                    u32::try_from(spare.len()).unwrap_or(u32::MAX),
+                    u32::try_from(spare.len().min(*max)).unwrap_or(u32::MAX),
                 )
                 .ioprio(RECVSEND_POLL_FIRST)
                 .build()
             }
             State::Send {
                 sock,
-                buf,
+                bufs,
                 from,
                 more,
+                msg,
             } => {
-                let rest = &buf[*from..];
                 let flags = if *more {
                     libc::MSG_NOSIGNAL | libc::MSG_MORE
                 } else {
                     libc::MSG_NOSIGNAL
                 };
-                opcode::Send::new(
-                    types::Fd(sock.as_raw_fd()),
-                    rest.as_ptr(),
-                    u32::try_from(rest.len()).unwrap_or(u32::MAX),
-                )
-                .flags(flags)
-                .build()
+                match msg {
+                    Some(v) if v.count() > 1 => {
+                        opcode::SendMsg::new(types::Fd(sock.as_raw_fd()), &v.hdr)
+                            .flags(flags as u32)
+                            .build()
+                    }
+                    _ => {
+                        let rest = bufs.slices_from(*from).next().unwrap_or_default();
+                        opcode::Send::new(
+                            types::Fd(sock.as_raw_fd()),
+                            rest.as_ptr(),
+                            u32::try_from(rest.len()).unwrap_or(u32::MAX),
+                        )
+                        .flags(flags)
+                        .build()
+                    }
+                }
             }
             State::StageToSock { sock, stage, .. } => opcode::Send::new(
                 types::Fd(sock.as_raw_fd()),
@@ -547,7 +610,7 @@ impl UringBackend {
             .mask(libc::STATX_BASIC_STATS)
             .build(),
             State::Read { file, buf } => {
-                let spare = buf.spare_capacity_mut();
+                let spare = buf.spare();
                 let n = len.min(spare.len());
                 opcode::Read::new(
                     types::Fd(file.as_raw_fd()),
@@ -557,10 +620,10 @@ impl UringBackend {
                 .offset(offset)
                 .build()
             }
-            State::Write { file, buf } => opcode::Write::new(
+            State::Write { file, msg, .. } => opcode::Writev::new(
                 types::Fd(file.as_raw_fd()),
-                buf.as_ptr(),
-                u32::try_from(buf.len()).unwrap_or(u32::MAX),
+                msg.iov.as_ptr(),
+                msg.count() as u32,
             )
             .offset(offset)
             .build(),
@@ -630,7 +693,7 @@ impl UringBackend {
         let ok = usize::try_from(res).ok();
         let (result, out) = match state {
             State::Connect { addr, sock, .. } => match ok {
-                Some(_) => (Ok(0), Out::Conn(sock, Some(addr))),
+                Some(_) => (Ok(0), Out::Conn(Arc::new(sock), Some(addr))),
                 None => (Err(errno(res)), Out::None),
             },
             State::Accept { .. } => match ok {
@@ -638,22 +701,22 @@ impl UringBackend {
                     // SAFETY: a successful accept's result is a new descriptor we now own.
                     let fd = unsafe { OwnedFd::from_raw_fd(res) };
                     let peer = os::accepted(&fd);
-                    (Ok(0), Out::Conn(fd, peer))
+                    (Ok(0), Out::Conn(Arc::new(fd), peer))
                 }
                 None => (Err(errno(res)), Out::None),
             },
             State::Recv { mut buf, .. } | State::Read { mut buf, .. } => match ok {
                 Some(n) => {
-                    // SAFETY: the kernel wrote `n` bytes into the spare capacity it was given
-                    // (at most the spare capacity), right after the initialised part.
-                    unsafe { buf.set_len(buf.len() + n) };
+                    // SAFETY: the kernel wrote `n` bytes into the spare room it was given
+                    // (at most that room), right after the filled part.
+                    unsafe { buf.filled(n) };
                     (Ok(n), Out::Buf(buf))
                 }
                 None => (Err(errno(res)), Out::Buf(buf)),
             },
-            State::Send { buf, .. } | State::Write { buf, .. } => match ok {
-                Some(n) => (Ok(n), Out::Buf(buf)),
-                None => (Err(errno(res)), Out::Buf(buf)),
+            State::Send { bufs, .. } | State::Write { bufs, .. } => match ok {
+                Some(n) => (Ok(n), Out::Gather(bufs)),
+                None => (Err(errno(res)), Out::Gather(bufs)),
             },
             State::FileToStage {
                 sock, mut stage, ..
