@@ -29,6 +29,7 @@ pub mod log;
 pub mod path;
 pub mod request;
 pub mod response;
+mod schedule;
 pub mod validators;
 mod worker;
 
@@ -137,6 +138,8 @@ pub struct WorkerReport {
     pub http: HttpStats,
     /// Helper threads the engine started.
     pub helper_threads: usize,
+    /// The scheduling policy the worker ran (`depth`).
+    pub scheduler: &'static str,
 }
 
 /// The whole server's report: the sum over workers, and each worker.
@@ -256,7 +259,14 @@ impl WithBackend for Job {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(engine.waker());
-        let w = worker::Worker::new(self.id, engine, self.shared, self.listeners);
+        // The one place the scheduling policy is chosen (the stage scheduler of seed 002 adds
+        // its arm here, with its setting).
+        let w = worker::Worker::<B, schedule::DepthFirst>::new(
+            self.id,
+            engine,
+            self.shared,
+            self.listeners,
+        );
         Ok(w.run()?)
     }
 }

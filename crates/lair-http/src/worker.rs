@@ -3,8 +3,9 @@
 //! Why per worker: each worker owns its engine (epoll set, helper pool), its `SO_REUSEPORT`
 //! listeners and its connection table, so workers share nothing on the request path.
 //!
-//! The loop: `poll` the engine; feed each completion to its connection ([`Conn::step`]) and
-//! submit what it asks for, again and again while operations finish inline; every 100 ms scan
+//! The loop: `poll` the engine; hand each completion to the [`Scheduler`], which says which
+//! connection runs next ([`Conn::step`], then the operation it asks for is submitted; one that
+//! finishes inline goes back to the scheduler); every 100 ms scan
 //! deadlines (header, keep-alive, send-stall, linger) and resume paused listeners; flush the
 //! access log. Connections are named by a [`Token`] of slot and generation, so a completion
 //! that arrives after its connection closed is recognised and dropped.
@@ -22,6 +23,7 @@ use crate::cache::FileCache;
 use crate::conn::{BufPool, Conn, Cx, Next, Phase};
 use crate::log::LogClock;
 use crate::response::DateCache;
+use crate::schedule::{Input, Scheduler, Work};
 use crate::{HttpStats, Shared, WorkerReport};
 
 /// How often deadlines are checked.
@@ -58,9 +60,10 @@ struct LogState {
     warned: Option<Instant>,
 }
 
-pub(crate) struct Worker<B: Backend> {
+pub(crate) struct Worker<B: Backend, S: Scheduler> {
     id: usize,
     engine: B,
+    sched: S,
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
     slots: Vec<Slot>,
@@ -87,7 +90,7 @@ fn token(idx: u32, gen: u32) -> Token {
     Token(u64::from(gen) << 32 | u64::from(idx))
 }
 
-impl<B: Backend> Worker<B> {
+impl<B: Backend, S: Scheduler> Worker<B, S> {
     pub fn new(id: usize, engine: B, shared: Arc<Shared>, listeners: Vec<OwnedFd>) -> Self {
         let workers = shared.cfg.workers.max(1);
         let cap = shared.cfg.max_connections.div_ceil(workers).max(1);
@@ -102,6 +105,7 @@ impl<B: Backend> Worker<B> {
         Worker {
             id,
             engine,
+            sched: S::new(),
             listeners: listeners
                 .into_iter()
                 .map(|fd| Listener {
@@ -136,6 +140,7 @@ impl<B: Backend> Worker<B> {
         for i in 0..self.listeners.len() {
             self.accept_loop(i);
         }
+        self.run_scheduled();
         let mut done: Vec<Completion> = Vec::with_capacity(256);
         loop {
             self.now = Instant::now();
@@ -175,11 +180,13 @@ impl<B: Backend> Worker<B> {
                     self.accept_loop(i);
                 }
             }
+            self.run_scheduled();
             self.engine.poll(&mut done, Some(timeout))?;
             self.now = Instant::now();
             for c in done.drain(..) {
                 self.dispatch(c);
             }
+            self.run_scheduled();
         }
         self.flush_log_now();
         self.stats.file_cache_hits = self.cache.hits;
@@ -191,6 +198,7 @@ impl<B: Backend> Worker<B> {
             engine,
             http: self.stats,
             helper_threads: self.engine.helper_threads(),
+            scheduler: S::NAME,
         })
     }
 
@@ -215,7 +223,18 @@ impl<B: Backend> Worker<B> {
             return;
         }
         match self.slots.get(idx as usize) {
-            Some(s) if s.gen == gen && s.conn.is_some() => self.drive(idx, Some(c)),
+            Some(Slot {
+                gen: g,
+                conn: Some(conn),
+            }) if *g == gen => {
+                let phase = conn.phase;
+                self.sched.arrived(Work {
+                    idx,
+                    gen,
+                    phase,
+                    input: Input::Done(c),
+                });
+            }
             // A completion for a connection that is gone (closed while a helper worked).
             _ => {}
         }
@@ -283,25 +302,36 @@ impl<B: Backend> Worker<B> {
         let slot = &mut self.slots[idx as usize];
         slot.gen = slot.gen.wrapping_add(1).max(1);
         slot.conn = Some(Conn::new(fd, peer, self.now));
+        let gen = slot.gen;
         self.live += 1;
-        if self.live > self.cap {
-            self.drive_with(idx, |conn, cx| conn.overloaded(cx));
+        let input = if self.live > self.cap {
+            Input::Overloaded
         } else {
-            self.drive(idx, None);
-        }
+            Input::Start
+        };
+        self.sched.arrived(Work {
+            idx,
+            gen,
+            phase: Phase::Reading,
+            input,
+        });
     }
 
     // ---- connections -------------------------------------------------------------------
 
-    fn drive(&mut self, idx: u32, first: Option<Completion>) {
-        let mut input = first;
-        self.drive_with(idx, move |conn, cx| conn.step(cx, input.take()));
+    /// Run what the scheduler holds, until it holds nothing.
+    fn run_scheduled(&mut self) {
+        while let Some(w) = self.sched.next() {
+            self.step(w);
+        }
     }
 
-    /// Run `first` on the connection, then keep feeding inline completions to `Conn::step`.
-    fn drive_with(&mut self, idx: u32, first: impl FnOnce(&mut Conn, &mut Cx<'_>) -> Next) {
+    /// One step of one connection: `Conn::step` on the work's input, then submit the operation
+    /// it asks for; one that finishes inline goes back to the scheduler.
+    fn step(&mut self, w: Work) {
         let Worker {
             engine,
+            sched,
             shared,
             slots,
             date,
@@ -312,9 +342,12 @@ impl<B: Backend> Worker<B> {
             bufs,
             ..
         } = self;
-        let slot = &mut slots[idx as usize];
+        let Some(slot) = slots.get_mut(w.idx as usize) else {
+            return;
+        };
         let gen = slot.gen;
-        let Some(conn) = slot.conn.as_mut() else {
+        let Some(conn) = slot.conn.as_mut().filter(|_| gen == w.gen) else {
+            // Closed since the work was queued.
             return;
         };
         let mut cx = Cx {
@@ -330,18 +363,23 @@ impl<B: Backend> Worker<B> {
             bufs,
             stopping: self.stopping,
         };
-        let mut next = first(conn, &mut cx);
-        let close = loop {
-            match next {
-                Next::Close => break true,
-                Next::Submit(op) => match engine.submit(token(idx, gen), op) {
-                    Submit::Pending => break false,
-                    Submit::Done(c) => next = conn.step(&mut cx, Some(c)),
-                },
-            }
+        let next = match w.input {
+            Input::Start => conn.step(&mut cx, None),
+            Input::Overloaded => conn.overloaded(&mut cx),
+            Input::Done(c) => conn.step(&mut cx, Some(c)),
         };
-        if close {
-            self.close(idx);
+        match next {
+            Next::Close => self.close(w.idx),
+            Next::Submit(op) => {
+                if let Submit::Done(c) = engine.submit(token(w.idx, gen), op) {
+                    sched.inline(Work {
+                        idx: w.idx,
+                        gen,
+                        phase: conn.phase,
+                        input: Input::Done(c),
+                    });
+                }
+            }
         }
     }
 

@@ -43,3 +43,51 @@ fn issue_3_serving_never_updates_atime() {
         assert_eq!(before, after, "{b}: atime changed");
     }
 }
+
+/// Issue 11, found by tests/hostile.rs once every connection was registered with epoll at
+/// accept: when a client's last request and its end of stream arrive while the server is still
+/// busy with an earlier response, epoll announces both with one edge before the receive that
+/// reads the request. The engine took that readiness as used up (a receive sent to a helper, or
+/// a receive that got less than it had room for), parked the next receive waiting for an edge
+/// that never comes again, and the connection hung until the client gave up. A socket whose
+/// peer has shut down is never "known unreadable" now.
+#[test]
+fn issue_11_an_end_of_stream_behind_a_pipelined_request_closes_at_once() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        for i in 0..3 {
+            let mut s = small_window_client(srv.addr);
+            // Long enough never to fire on a working server, short enough to fail the test.
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            // A response larger than the socket buffers: the server waits to send more.
+            s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            // The next request and the end of stream arrive while it waits...
+            s.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            // ...and are read only once the first response is out.
+            let mut got = Vec::new();
+            let r = s.read_to_end(&mut got);
+            assert!(r.is_ok(), "{b} try {i}: the server never closed ({r:?})");
+            let answers = got.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
+            assert_eq!(answers, 2, "{b} try {i}");
+            assert!(got.ends_with(b"hello, world\n"), "{b} try {i}");
+        }
+    }
+}
+
+/// A client socket with a 4 KiB receive buffer, set before the handshake so the window the
+/// server sees stays small: a large response then waits on the server side.
+fn small_window_client(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use rustix::net::{self, sockopt, AddressFamily, SocketType};
+    let fd = net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+    net::connect(&fd, &addr).unwrap();
+    std::net::TcpStream::from(fd)
+}

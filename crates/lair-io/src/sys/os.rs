@@ -464,6 +464,9 @@ pub(crate) struct Ready {
     pub key: u64,
     pub readable: bool,
     pub writable: bool,
+    /// The peer shut its side or the socket failed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`): an
+    /// end of stream or an error waits behind any data, and no further edge will announce it.
+    pub closing: bool,
 }
 
 /// `epoll_wait` into `events` (cleared first); `None` waits forever. `EINTR` is an empty wait.
@@ -492,6 +495,7 @@ pub(crate) fn epoll_wait(
             key: ev.data.u64(),
             readable: bad || f.intersects(F::IN | F::RDHUP),
             writable: bad || f.contains(F::OUT),
+            closing: bad || f.contains(F::RDHUP),
         }
     }));
     Ok(())

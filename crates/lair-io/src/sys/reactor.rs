@@ -68,9 +68,13 @@ struct Slot {
     /// a closed descriptor whose number came back is reset, not trusted.
     owner: usize,
     registered: bool,
-    /// Readiness last reported by epoll and not yet used up by an `EAGAIN`.
+    /// Readiness last reported by epoll and not yet used up by an `EAGAIN` (or a drained
+    /// receive, a filled send).
     readable: bool,
     writable: bool,
+    /// Epoll reported the peer's shutdown or an error: a short receive then does not mean
+    /// the socket is drained (the end of stream is still to be read, and no edge will come).
+    closing: bool,
     read: Option<Job>,
     write: Option<Job>,
 }
@@ -155,6 +159,7 @@ impl<P: Policy> Backend for Readiness<P> {
             if let Some(slot) = self.slots.get_mut(fd) {
                 slot.readable |= ev.readable;
                 slot.writable |= ev.writable;
+                slot.closing |= ev.closing;
             }
             if ev.readable {
                 if let Some(job) = self.slots.get_mut(fd).and_then(|s| s.read.take()) {
@@ -239,12 +244,13 @@ impl<P: Policy> Readiness<P> {
         }
     }
 
-    /// The socket is registered and no readiness was reported since its last `EAGAIN`.
+    /// The socket is registered, no readiness was reported since its last `EAGAIN` (or
+    /// drained receive), and no end of stream is announced (which no edge would report again).
     fn known_unreadable(&self, sock: &Arc<OwnedFd>) -> bool {
         let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);
-        self.slots
-            .get(fd)
-            .is_some_and(|s| s.owner == Arc::as_ptr(sock) as usize && s.registered && !s.readable)
+        self.slots.get(fd).is_some_and(|s| {
+            s.owner == Arc::as_ptr(sock) as usize && s.registered && !s.readable && !s.closing
+        })
     }
 
     /// Park a just-submitted operation (see [`Readiness::park`]).
@@ -372,6 +378,8 @@ impl<P: Policy> Readiness<P> {
             if *n > 0 && *n < want {
                 if let Some(slot) = self.slots.get_mut(fd).filter(|s| s.owner == owner) {
                     match interest {
+                        // Data, then an end of stream already announced: not drained.
+                        Interest::Read if slot.closing => {}
                         Interest::Read => slot.readable = false,
                         Interest::Write => slot.writable = false,
                     }
@@ -386,7 +394,7 @@ impl<P: Policy> Readiness<P> {
     fn known(&self, fd: usize, owner: usize) -> SocketReady {
         match self.slots.get(fd) {
             Some(s) if s.owner == owner && s.registered => SocketReady {
-                readable: Some(s.readable),
+                readable: Some(s.readable || s.closing),
                 writable: Some(s.writable),
             },
             _ => SocketReady::default(),
