@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lair_conf::kind::{Addrs, Count, Name, Path, Size, Switch, Threads, Time};
 use lair_conf::{Input, Kind};
-use lair_io::{BackendKind, OpSet};
+use lair_io::{BackendKind, EngineConfig, OpSet, SharedFd};
 
 /// Request-size limits; each has a status code when exceeded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +145,17 @@ impl ServerConfig {
         ServerConfig {
             root: root.into(),
             ..ServerConfig::default()
+        }
+    }
+
+    /// The engine's settings: the ones declared above, the document root it probes, and the
+    /// CPUs the placement gave its threads. The one place a server setting reaches lair-io.
+    pub fn engine(&self, probe_dir: Option<SharedFd>, cpus: Vec<usize>) -> EngineConfig {
+        EngineConfig {
+            helpers: self.helpers,
+            probe_dir,
+            laio_ops: self.laio_ops,
+            cpus,
         }
     }
 

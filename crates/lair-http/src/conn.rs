@@ -128,6 +128,13 @@ struct Req {
     wsent: usize,
 }
 
+/// A connection can move between threads (the thread-per-connection model runs it on its own
+/// thread): checked at compile time.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Conn>();
+};
+
 /// One client connection.
 pub(crate) struct Conn {
     pub sock: SharedFd,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use lair_io::{setup, with_backend, Backend, Counters, EngineConfig, SharedFd, Waker, WithBackend};
+use lair_io::{setup, with_backend, Backend, Counters, SharedFd, Waker, WithBackend};
 use serde::Serialize;
 
 pub mod cache;
@@ -27,6 +27,7 @@ pub mod config;
 mod conn;
 pub mod log;
 pub mod path;
+pub mod place;
 pub mod request;
 pub mod response;
 mod schedule;
@@ -224,19 +225,28 @@ impl Server {
         &self.addrs
     }
 
-    /// Start the workers.
+    /// Start the workers: the one place where the server model and the placement of its
+    /// threads are chosen.
     pub fn start(self) -> Result<Running, Error> {
-        let cpus = setup::allowed_cpus();
-        let mut threads = Vec::new();
-        for (id, listeners) in self.listeners.into_iter().enumerate() {
-            let shared = Arc::clone(&self.shared);
-            let cpu = shared.cfg.pin.then(|| cpus[id % cpus.len().max(1)]);
-            let t = std::thread::Builder::new()
-                .name(format!("lair-worker-{id}"))
-                .spawn(move || run_worker(id, shared, listeners, cpu))
-                .map_err(|e| Error::Worker(id, e.to_string()))?;
-            threads.push(t);
-        }
+        let cfg = &self.shared.cfg;
+        let placement = place::Placement::per_core(&setup::allowed_cpus(), cfg.workers, cfg.pin);
+        let threads = match Model::EventLoop {
+            // Each worker an event loop over its own engine; the thread-per-connection model
+            // (seed 000's Apache-like server) adds its arm here, running the same `Conn`.
+            Model::EventLoop => {
+                let mut threads = Vec::new();
+                let places = placement.workers.into_iter();
+                for (id, (listeners, at)) in self.listeners.into_iter().zip(places).enumerate() {
+                    let shared = Arc::clone(&self.shared);
+                    let t = std::thread::Builder::new()
+                        .name(format!("lair-worker-{id}"))
+                        .spawn(move || run_worker(id, shared, listeners, at))
+                        .map_err(|e| Error::Worker(id, e.to_string()))?;
+                    threads.push(t);
+                }
+                threads
+            }
+        };
         Ok(Running {
             shared: self.shared,
             threads,
@@ -271,22 +281,26 @@ impl WithBackend for Job {
     }
 }
 
+/// How the server runs connections (chosen once, in [`Server::start`]).
+enum Model {
+    /// Each worker an event loop over its own engine, driving many connections.
+    EventLoop,
+}
+
 fn run_worker(
     id: usize,
     shared: Arc<Shared>,
     listeners: Vec<OwnedFd>,
-    cpu: Option<usize>,
+    at: place::Place,
 ) -> Result<WorkerReport, Error> {
-    if let Some(cpu) = cpu {
+    if let Some(cpu) = at.app_cpu {
         if let Err(e) = setup::pin_current_thread(cpu) {
             tracing::warn!("worker {id}: cannot pin to CPU {cpu}: {e}");
         }
     }
-    let engine_cfg = EngineConfig {
-        helpers: shared.cfg.helpers,
-        probe_dir: Some(Arc::clone(&shared.root)),
-        laio_ops: shared.cfg.laio_ops,
-    };
+    let engine_cfg = shared
+        .cfg
+        .engine(Some(Arc::clone(&shared.root)), at.engine_cpus);
     let kind = shared.cfg.backend;
     let job = Job {
         id,

@@ -22,10 +22,9 @@ use crate::conn::Phase;
 
 /// What a connection's next step starts from.
 pub(crate) enum Input {
-    /// A new connection: start reading a request.
+    /// A new connection: start reading a request (or answer 503 if it is over the cap when
+    /// it runs).
     Start,
-    /// A new connection over the cap: answer 503.
-    Overloaded,
     /// The completion of the operation it waited for.
     Done(Completion),
 }

@@ -191,7 +191,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         self.flush_log_now();
         self.stats.file_cache_hits = self.cache.hits;
         self.stats.file_cache_misses = self.cache.misses;
-        let mut engine = self.engine.counters().clone();
+        let mut engine = self.engine.counters();
         engine.backend = B::NAME;
         Ok(WorkerReport {
             worker: self.id,
@@ -304,16 +304,13 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         slot.conn = Some(Conn::new(fd, peer, self.now));
         let gen = slot.gen;
         self.live += 1;
-        let input = if self.live > self.cap {
-            Input::Overloaded
-        } else {
-            Input::Start
-        };
+        // Whether it is over the cap is decided when it runs: closes queued before it (from
+        // the same `poll`) count first.
         self.sched.arrived(Work {
             idx,
             gen,
             phase: Phase::Reading,
-            input,
+            input: Input::Start,
         });
     }
 
@@ -364,8 +361,8 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             stopping: self.stopping,
         };
         let next = match w.input {
+            Input::Start if self.live > self.cap => conn.overloaded(&mut cx),
             Input::Start => conn.step(&mut cx, None),
-            Input::Overloaded => conn.overloaded(&mut cx),
             Input::Done(c) => conn.step(&mut cx, Some(c)),
         };
         match next {

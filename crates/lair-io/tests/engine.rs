@@ -168,7 +168,8 @@ impl WithBackend for Calls {
             (name, s) => panic!("{name}: unexpected {s:?}"),
         };
         assert_eq!(c.result.unwrap(), 7);
-        let calls = b.counters().op(OpKind::Call);
+        let counters = b.counters();
+        let calls = counters.op(OpKind::Call);
         assert_eq!(calls.submitted, 2);
         let expect = match B::NAME {
             "sync" => (2, 0),
@@ -427,7 +428,8 @@ impl WithBackend for NetworkOnly {
             },
         );
         assert_eq!(c.result.unwrap(), 2);
-        let (open, recv) = (b.counters().op(OpKind::Open), b.counters().op(OpKind::Recv));
+        let counters = b.counters();
+        let (open, recv) = (counters.op(OpKind::Open), counters.op(OpKind::Recv));
         assert_eq!((open.inline, open.helper), (1, 0), "{}", B::NAME);
         if B::NAME == "eager" {
             assert_eq!(recv.helper, 1, "eager: the recv still goes to a helper");
@@ -519,4 +521,42 @@ impl WithBackend for Buffers {
 #[test]
 fn gather_sends_and_caller_reserved_room_on_every_backend() {
     for_each_backend(|k| with_backend(k, &EngineConfig::default(), Buffers).unwrap());
+}
+
+struct Placed(usize);
+impl WithBackend for Placed {
+    type Output = ();
+    fn run<B: Backend>(self, mut b: B) {
+        // A call that must block runs on a helper thread, which reports where it may run.
+        let call: lair_io::Call = Box::new(|a| match a {
+            Attempt::NoWait => Err(std::io::ErrorKind::WouldBlock.into()),
+            Attempt::MayBlock => {
+                let cpus = setup::current_thread_cpus();
+                Ok(cpus.iter().map(|c| 1u64 << c).sum())
+            }
+        });
+        let c = run(&mut b, 1, Op::Call(call));
+        assert_eq!(
+            c.result.unwrap(),
+            1 << self.0,
+            "{}: helper off its CPUs",
+            B::NAME
+        );
+    }
+}
+
+#[test]
+fn helpers_run_on_the_cpus_the_placement_gave_the_engine() {
+    let last = *setup::allowed_cpus().last().unwrap();
+    let cfg = EngineConfig {
+        cpus: vec![last],
+        ..EngineConfig::default()
+    };
+    // `sync` has no helpers: its calls run on the loop.
+    for k in BackendKind::ALL
+        .into_iter()
+        .filter(|k| *k != BackendKind::Sync)
+    {
+        with_backend(k, &cfg, Placed(last)).unwrap();
+    }
 }

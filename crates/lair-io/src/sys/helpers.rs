@@ -79,6 +79,8 @@ pub(crate) struct Helpers {
     threads: Vec<JoinHandle<()>>,
     max: usize,
     name: &'static str,
+    /// Where helper threads run (the placement's engine CPUs; empty: anywhere).
+    cpus: Vec<usize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,8 +89,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Helpers {
-    /// A pool of at most `max` threads (at least one) that signals `wake` on completions.
-    pub fn new(max: usize, wake: Arc<OwnedFd>, name: &'static str) -> Self {
+    /// A pool of at most `max` threads (at least one) that signals `wake` on completions; its
+    /// threads run on `cpus` (empty: wherever the kernel puts them).
+    pub fn new(max: usize, wake: Arc<OwnedFd>, name: &'static str, cpus: &[usize]) -> Self {
         Helpers {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Queue {
@@ -103,6 +106,7 @@ impl Helpers {
             threads: Vec::new(),
             max: max.max(1),
             name,
+            cpus: cpus.to_vec(),
         }
     }
 
@@ -120,9 +124,15 @@ impl Helpers {
         };
         if need_thread && self.threads.len() < self.max {
             let shared = Arc::clone(&self.shared);
+            let cpus = self.cpus.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-helper", self.name))
-                .spawn(move || helper_main(&shared));
+                .spawn(move || {
+                    if let Err(e) = super::setup::pin_current_thread_to(&cpus) {
+                        tracing::warn!("helper: cannot run on CPUs {cpus:?}: {e}");
+                    }
+                    helper_main(&shared)
+                });
             match spawned {
                 Ok(h) => self.threads.push(h),
                 // Out of threads: the queued job waits for a running helper.

@@ -59,8 +59,9 @@ pub trait Backend: Sized + 'static {
     fn poll(&mut self, done: &mut Vec<Completion>, timeout: Option<Duration>) -> Result<(), Error>;
     /// A handle other threads use to wake `poll`.
     fn waker(&self) -> Waker;
-    /// How operations ran so far.
-    fn counters(&self) -> &Counters;
+    /// How operations ran so far: a snapshot, so a backend whose counters live on another
+    /// thread (a dedicated network engine) can gather them.
+    fn counters(&self) -> Counters;
     /// Helper threads started so far.
     fn helper_threads(&self) -> usize;
 }
@@ -87,6 +88,10 @@ pub struct EngineConfig {
     /// Which operations go through the backend at all; the others run directly on the loop as
     /// under `sync` (seed 001's ohttpd "networkonly" is [`OpSet::NETWORK`]).
     pub laio_ops: OpSet,
+    /// The CPUs the engine's own threads run on (helpers; a dedicated network engine), as the
+    /// start-up placement decided; empty: wherever the kernel puts them. The thread that calls
+    /// `submit`/`poll` is placed by its owner, not here.
+    pub cpus: Vec<usize>,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +100,7 @@ impl Default for EngineConfig {
             helpers: 32,
             probe_dir: None,
             laio_ops: OpSet::ALL,
+            cpus: Vec::new(),
         }
     }
 }

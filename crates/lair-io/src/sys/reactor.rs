@@ -110,7 +110,7 @@ impl<P: Policy> Backend for Readiness<P> {
             laio_ops: config.laio_ops,
             direct: Caps::none(),
             epoll,
-            helpers: Helpers::new(config.helpers, Arc::clone(&wake), P::NAME),
+            helpers: Helpers::new(config.helpers, Arc::clone(&wake), P::NAME, &config.cpus),
             wake,
             slots: Vec::new(),
             cancelled: Vec::new(),
@@ -180,8 +180,8 @@ impl<P: Policy> Backend for Readiness<P> {
         Waker(Arc::clone(&self.wake))
     }
 
-    fn counters(&self) -> &Counters {
-        &self.counters
+    fn counters(&self) -> Counters {
+        self.counters.clone()
     }
 
     fn helper_threads(&self) -> usize {

@@ -231,7 +231,7 @@ impl Backend for UringBackend {
             flights: Vec::new(),
             free: Vec::new(),
             in_ring: 0,
-            helpers: Helpers::new(config.helpers, Arc::clone(&wake), "uring"),
+            helpers: Helpers::new(config.helpers, Arc::clone(&wake), "uring", &config.cpus),
             wake,
             wake_armed: false,
             finished: Vec::new(),
@@ -287,8 +287,8 @@ impl Backend for UringBackend {
         Waker(Arc::clone(&self.wake))
     }
 
-    fn counters(&self) -> &Counters {
-        &self.counters
+    fn counters(&self) -> Counters {
+        self.counters.clone()
     }
 
     fn helper_threads(&self) -> usize {
