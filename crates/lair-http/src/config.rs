@@ -86,7 +86,8 @@ lair_conf::settings! {
         /// I/O backend: `lazy` (try without blocking, helpers only for calls that would block),
         /// `sync` (block on the disk inside the loop; the baseline), `eager` (every call to a
         /// helper thread), `hybrid` (sockets on the loop, every disk call to a helper), `uring`
-        /// (io_uring; falls back to lazy where it is unavailable).
+        /// (io_uring; falls back to lazy where it is unavailable; `--laio-ops` applies to its
+        /// file calls only, and its cold opens do not prefetch).
         backend: BackendKind = "lazy" as Name;
         /// Upper bound of helper threads per worker.
         helpers: usize = "32" as Count;
@@ -123,7 +124,8 @@ lair_conf::settings! {
         /// larger ones go with sendfile.
         small_file_bytes: usize = "16k" as Size;
         /// Most bytes one sendfile call sends before the connection waits its turn again
-        /// (fairness between large downloads, like nginx's `sendfile_max_chunk`).
+        /// (fairness between large downloads, like nginx's `sendfile_max_chunk`); the one
+        /// sendfile window: `lazy` checks this range with cachestat, `uring` stages it.
         sendfile_chunk: usize = "512k" as Size;
         /// Access log (Combined Log Format): a file path, `-` for standard output, or `off`.
         access_log: AccessLog = "off" as LogDest;
@@ -156,6 +158,7 @@ impl ServerConfig {
             probe_dir,
             laio_ops: self.laio_ops,
             cpus,
+            sendfile_window: self.sendfile_chunk,
         }
     }
 

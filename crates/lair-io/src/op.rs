@@ -92,7 +92,10 @@ pub enum Op {
         more: bool,
     },
     /// Send `len` bytes of `file` from `offset` to `sock` in the kernel (`sendfile`); the result
-    /// may be short, and `Ok(0)` means the file ended before `offset`.
+    /// may be short, and `Ok(0)` means the file ended before `offset`. `len` is the caller's
+    /// window and the only one: `lazy` checks exactly this range with `cachestat` before
+    /// sending inline; `uring` stages it through a buffer of [`crate::EngineConfig`]'s
+    /// `sendfile_window` (the same setting, `--sendfile-chunk`, in the server).
     Sendfile {
         /// The connected socket.
         sock: SharedFd,
@@ -128,7 +131,8 @@ pub enum Op {
         /// cache (`POSIX_FADV_WILLNEED`) before completing: data behind cold metadata is almost
         /// always cold too, and the read then overlaps the completion's trip back to the loop
         /// and the `fstat` — one disk latency less per cold file (Flash's helpers did the same).
-        /// 0: nothing.
+        /// 0: nothing. `uring` does not honour it (a ring completion does not say whether the
+        /// open needed the disk).
         prefetch: usize,
     },
     /// `fstat` an open descriptor.

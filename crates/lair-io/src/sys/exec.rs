@@ -62,9 +62,6 @@ impl Caps {
     }
 }
 
-/// The most an inline `sendfile` sends in one call (and the range `cachestat` checks).
-pub(crate) const SENDFILE_WINDOW: usize = 2 << 20;
-
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
@@ -147,13 +144,8 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             offset,
             len,
         } => {
-            // Inline, send at most one window, and only if all of it is cached: the socket
-            // rarely takes more at once, and a partly cached window would wait for the disk.
-            let len = if nowait {
-                len.min(SENDFILE_WINDOW)
-            } else {
-                len
-            };
+            // Inline only if all of the caller's window (`len`, sized by `--sendfile-chunk`)
+            // is cached: a partly cached window would wait for the disk.
             if nowait {
                 let cached = caps.cachestat
                     && matches!(

@@ -92,6 +92,9 @@ pub struct EngineConfig {
     /// start-up placement decided; empty: wherever the kernel puts them. The thread that calls
     /// `submit`/`poll` is placed by its owner, not here.
     pub cpus: Vec<usize>,
+    /// The most bytes one `Op::Sendfile` moves: what the server asks for (`--sendfile-chunk`),
+    /// and the size of `uring`'s staging buffers, which stand in for `sendfile` there.
+    pub sendfile_window: usize,
 }
 
 impl Default for EngineConfig {
@@ -101,6 +104,7 @@ impl Default for EngineConfig {
             probe_dir: None,
             laio_ops: OpSet::ALL,
             cpus: Vec::new(),
+            sendfile_window: 512 << 10,
         }
     }
 }

@@ -8,11 +8,11 @@
 //!
 //! | operation | how |
 //! | --- | --- |
-//! | accept, connect, recv, send, shutdown | `IORING_OP_ACCEPT` / `CONNECT` / `RECV` (with `POLL_FIRST` for idle keep-alive reads) / `SEND` / `SHUTDOWN` |
+//! | accept, connect, recv, send, shutdown | `IORING_OP_ACCEPT` / `CONNECT` / `RECV` (with `POLL_FIRST` for idle keep-alive reads) / `SEND` (`SENDMSG` for a gather list of several parts) / `SHUTDOWN` |
 //! | open | `IORING_OP_OPENAT2` with the flags and resolution of the other backends (`O_NOATIME`, retried without it on `EPERM`; `O_NONBLOCK` cleared after the open, see below) |
 //! | stat | `IORING_OP_STATX` with `AT_EMPTY_PATH` on the open file |
-//! | read, write | `IORING_OP_READ` / `WRITE` |
-//! | sendfile | io_uring has no sendfile: a `READ` of up to 256 KiB into a staging buffer, then a `SEND` of it with `MSG_WAITALL` (the kernel retries a short send). One copy more than `sendfile`; `lair lab run laio` measures what it costs |
+//! | read, write | `IORING_OP_READ` / `WRITEV` |
+//! | sendfile | io_uring has no sendfile: a `READ` of up to the sendfile window (`--sendfile-chunk`, 512 KiB) into a staging buffer, then a `SEND` of it with `MSG_WAITALL` (the kernel retries a short send). One copy more than `sendfile`; `lair lab run laio` measures what it costs |
 //! | close | cancels what is in flight on the descriptor (`IORING_OP_ASYNC_CANCEL`, all matches), then drops it |
 //! | call | tried inline without blocking, else on a helper thread (as under `lazy`) |
 //!
@@ -23,6 +23,8 @@
 //! [`EngineConfig::laio_ops`] chooses which *file* calls (open, stat, read, write, call) go
 //! through the ring; the others run directly on the loop as under `sync`. Socket calls and
 //! sendfile always go through the ring: there is no readiness loop to park them on.
+//! `Op::Open::prefetch` is not honoured: a completion does not say whether the open needed the
+//! disk (the kernel's io-wq ran it, or not), which is what the prefetch keys on.
 //!
 //! When io_uring is unavailable (kernel too old, `kernel.io_uring_disabled`, a seccomp filter)
 //! [`with_backend`](super::with_backend) logs why and falls back to `lazy`.
@@ -57,7 +59,6 @@ const WAKE: u64 = u64::MAX;
 /// `user_data` of cancel requests (their own completions are not reported).
 const CANCEL: u64 = u64::MAX - 1;
 /// Largest read of one sendfile step.
-const SENDFILE_CHUNK: usize = 256 * 1024;
 /// Submission queue size (the completion queue is twice as large).
 const ENTRIES: u32 = 1024;
 /// `IORING_RECVSEND_POLL_FIRST`: wait for readiness before the first receive attempt.
@@ -181,6 +182,8 @@ pub struct UringBackend {
     laio_ops: OpSet,
     direct: Caps,
     stages: Vec<Vec<u8>>,
+    /// Staging buffer size: `EngineConfig::sendfile_window`.
+    window: usize,
     cqes: Vec<(u64, i32, u32)>,
     ready: Vec<Completion>,
     counters: Counters,
@@ -238,6 +241,7 @@ impl Backend for UringBackend {
             laio_ops: config.laio_ops,
             direct: Caps::none(),
             stages: Vec::new(),
+            window: config.sendfile_window.max(4096),
             cqes: Vec::with_capacity(256),
             ready: Vec::new(),
             counters: Counters::new("uring"),
@@ -414,7 +418,7 @@ impl UringBackend {
     fn stage_buffer(&mut self) -> Vec<u8> {
         self.stages
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(SENDFILE_CHUNK))
+            .unwrap_or_else(|| Vec::with_capacity(self.window))
     }
 
     /// Put `op` into the ring.
@@ -465,7 +469,7 @@ impl UringBackend {
                     state: State::FileToStage { sock, file, stage },
                 };
                 // The stage buffer is empty; a step reads at most one chunk.
-                self.queue(flight, Some((offset, len.min(SENDFILE_CHUNK))));
+                self.queue(flight, Some((offset, len.min(self.window))));
                 return Ok(());
             }
             Op::Shutdown { sock } => State::Shutdown { sock },
@@ -662,10 +666,19 @@ impl UringBackend {
                     for f in std::mem::take(&mut self.finished) {
                         let k = f.job.kind;
                         self.counters.record_helper_latency(k, f.job.sent.elapsed());
-                        if let super::exec::Step::Done(result, out) = f.step {
-                            self.counters.op_mut(k).errors += u64::from(result.is_err());
-                            done.push(Completion::new(f.job.token, k, result, out));
-                        }
+                        // Only generic calls go to helpers here, and a call that may block
+                        // always finishes; anything else is reported, never dropped.
+                        let (result, out) = match f.step {
+                            Step::Done(result, out) => (result, out),
+                            Step::WouldBlock(op) | Step::Helper(op) => (
+                                Err(io::Error::other(
+                                    "uring: a helper's call asked to be retried",
+                                )),
+                                op.into_out(),
+                            ),
+                        };
+                        self.counters.op_mut(k).errors += u64::from(result.is_err());
+                        done.push(Completion::new(f.job.token, k, result, out));
                     }
                 }
                 CANCEL => {}
