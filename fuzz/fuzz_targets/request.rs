@@ -6,10 +6,10 @@
 use libfuzzer_sys::fuzz_target;
 use lair_http::request::{parse, Parsed};
 use lair_http::validators::{evaluate, range, Conditions, ETag};
-use lair_http::{path, Limits};
+use lair_http::{path, ServerConfig};
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits::default();
+    let limits = ServerConfig::default().limits();
     let Ok(Parsed::Complete(head)) = parse(data, &limits) else {
         return;
     };

@@ -13,24 +13,7 @@ use lair_conf::kind::{Addrs, Count, Name, Path, Size, Switch, Threads, Time};
 use lair_conf::{Input, Kind};
 use lair_io::{BackendKind, EngineConfig, OpSet, SharedFd};
 
-/// Request-size limits; each has a status code when exceeded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Longest request line (414 beyond).
-    pub request_line_bytes: usize,
-    /// Largest request head, request line included (431 beyond).
-    pub header_bytes: usize,
-    /// Most header fields (431 beyond; at most [`crate::request::MAX_FIELDS`]).
-    pub header_fields: usize,
-    /// Largest request body read and discarded on GET/HEAD (413 and close beyond).
-    pub discard_body_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        ServerConfig::default().limits()
-    }
-}
+pub use crate::request::Limits;
 
 /// Where the access log goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,7 +205,16 @@ mod tests {
     fn defaults_are_sane() {
         let c = ServerConfig::default();
         assert_eq!(c.check(), Ok(()));
-        assert_eq!(c.limits().header_bytes, 32 << 10);
+        assert_eq!(
+            c.limits(),
+            Limits {
+                request_line_bytes: 8 << 10,
+                header_bytes: 32 << 10,
+                header_fields: 100,
+                discard_body_bytes: 64 << 10,
+            },
+            "the request parser's tests use these"
+        );
         assert_eq!(c.backend, BackendKind::Lazy);
         assert_eq!(c.access_log, AccessLog::Off);
         assert!(c.stats_json.is_none());

@@ -12,8 +12,6 @@
 
 use std::mem::MaybeUninit;
 
-use crate::config::Limits;
-
 /// Where a field is in the receive buffer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Span {
@@ -104,6 +102,19 @@ pub const MAX_FIELDS: usize = 256;
 
 fn reject(status: u16) -> Reject {
     Reject { status, minor: 1 }
+}
+
+/// Request-size limits; each has a status code when exceeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request line (414 beyond).
+    pub request_line_bytes: usize,
+    /// Largest request head, request line included (431 beyond).
+    pub header_bytes: usize,
+    /// Most header fields (431 beyond; at most [`crate::request::MAX_FIELDS`]).
+    pub header_fields: usize,
+    /// Largest request body read and discarded on GET/HEAD (413 and close beyond).
+    pub discard_body_bytes: u64,
 }
 
 /// Parse the head at the start of `buf`.
@@ -241,8 +252,14 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// The server's defaults (`ServerConfig::default().limits()`, checked below).
     fn limits() -> Limits {
-        Limits::default()
+        Limits {
+            request_line_bytes: 8 << 10,
+            header_bytes: 32 << 10,
+            header_fields: 100,
+            discard_body_bytes: 64 << 10,
+        }
     }
 
     fn ok(raw: &str) -> Head {

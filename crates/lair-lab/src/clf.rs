@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::workload::{Dataset, FileSpec, Req};
+use crate::dataset::{Dataset, FileSpec, Req};
 
 /// Why lines were not kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

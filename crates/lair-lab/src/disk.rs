@@ -65,12 +65,14 @@ fn one() -> usize {
 impl DiskModel {
     fn parsed(&self) -> anyhow::Result<Model> {
         let latency = lair_conf::parse_duration(&self.latency).map_err(anyhow::Error::msg)?;
-        let read_bps = crate::run::parse_size(&self.read_bps)?;
+        let read_bps = self
+            .read_bps
+            .as_deref()
+            .map(lair_conf::parse_nonzero_size)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("device.read_bps: {e}"))?;
         if self.channels == 0 {
             bail!("device.channels must be at least 1");
-        }
-        if read_bps == Some(0) {
-            bail!("device.read_bps must be more than 0");
         }
         Ok(Model {
             latency,

@@ -7,7 +7,7 @@
 //! on parallel channels), starts each server pinned to its CPU ([`servers`]: lair's
 //! backends, nginx, nginx `aio threads`, lighttpd), drives it with `lair-load` clients pinned
 //! to theirs, reads the server's cost from `/proc` ([`proc`]) and its engine counters, and
-//! writes JSON, CSV, a Markdown summary and SVG plots ([`report`]). Access logs of one's own
+//! writes JSON ([`results`]), CSV, a Markdown summary and SVG plots ([`report`]). Access logs of one's own
 //! become workloads through [`clf`]. Seed 001's micro-benchmarks (getpid, open-stat) are in
 //! [`micro`].
 //!
@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clf;
+pub mod dataset;
 pub mod disk;
 pub mod env;
 pub mod experiment;
@@ -25,6 +26,7 @@ pub mod fileset;
 pub mod micro;
 pub mod proc;
 pub mod report;
+pub mod results;
 pub mod run;
 pub mod servers;
 pub mod workload;

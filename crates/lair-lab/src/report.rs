@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use plotters::prelude::*;
 
-use crate::run::{Results, Row};
+use crate::results::{Results, Row};
 
 /// Read a results directory's `results.json`.
 pub fn load(dir: &Path) -> anyhow::Result<Results> {

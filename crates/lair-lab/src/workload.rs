@@ -25,34 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal, Pareto, Zipf};
 use serde::{Deserialize, Serialize};
 
-/// A file of a fileset.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileSpec {
-    /// Request path, starting with `/`.
-    pub path: String,
-    /// Size in bytes.
-    pub bytes: u64,
-}
-
-/// One request: which file, and when (ms after the first; 0 when the workload has no clock).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Req {
-    /// Milliseconds after the first request.
-    pub t_ms: u64,
-    /// Index into [`Dataset::files`].
-    pub file: u32,
-}
-
-/// A generated or imported workload.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Dataset {
-    /// The fileset.
-    pub files: Vec<FileSpec>,
-    /// The request sequence.
-    pub requests: Vec<Req>,
-    /// Lines skipped while reading (traces, logs).
-    pub skipped: u64,
-}
+pub use crate::dataset::{Dataset, FileSpec, Req};
 
 /// What to generate, as written in an experiment file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
