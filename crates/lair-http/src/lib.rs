@@ -155,7 +155,7 @@ pub struct Report {
 }
 
 /// State every worker shares (read-only but for the stop flag and waker list).
-pub(crate) struct Shared {
+pub(crate) struct ServerState {
     pub cfg: ServerConfig,
     pub root: SharedFd,
     pub log: Option<SharedFd>,
@@ -165,7 +165,7 @@ pub(crate) struct Shared {
 
 /// A server with its sockets bound, not yet running.
 pub struct Server {
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     listeners: Vec<Vec<OwnedFd>>,
     addrs: Vec<SocketAddr>,
 }
@@ -208,7 +208,7 @@ impl Server {
             addrs.push(addr);
         }
         Ok(Server {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ServerState {
                 cfg,
                 root: Arc::new(root),
                 log: log.map(Arc::new),
@@ -255,13 +255,13 @@ impl Server {
     }
 }
 
-struct Job {
+struct WorkerMain {
     id: usize,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     listeners: Vec<OwnedFd>,
 }
 
-impl WithBackend for Job {
+impl WithBackend for WorkerMain {
     type Output = Result<WorkerReport, Error>;
     fn run<B: Backend>(self, engine: B) -> Self::Output {
         self.shared
@@ -289,7 +289,7 @@ enum Model {
 
 fn run_worker(
     id: usize,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     listeners: Vec<OwnedFd>,
     at: place::Place,
 ) -> Result<WorkerReport, Error> {
@@ -302,7 +302,7 @@ fn run_worker(
         .cfg
         .engine(Some(Arc::clone(&shared.root)), at.engine_cpus);
     let kind = shared.cfg.backend;
-    let job = Job {
+    let job = WorkerMain {
         id,
         shared: Arc::clone(&shared),
         listeners,
@@ -319,7 +319,7 @@ fn run_worker(
 
 /// Stops a running server from any thread (e.g. a signal handler thread).
 #[derive(Clone)]
-pub struct Stopper(Arc<Shared>);
+pub struct Stopper(Arc<ServerState>);
 
 impl Stopper {
     /// Begin a graceful shutdown: stop accepting, close idle connections, finish in-flight
@@ -340,7 +340,7 @@ impl Stopper {
 
 /// A running server.
 pub struct Running {
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     threads: Vec<JoinHandle<Result<WorkerReport, Error>>>,
     addrs: Vec<SocketAddr>,
 }

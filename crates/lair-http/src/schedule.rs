@@ -6,7 +6,7 @@
 //! waiting to parse, then all waiting to send, ...), which keeps one stage's code and data in
 //! the CPU's caches. Here the worker only hands the scheduler [`Work`] and asks it what to run
 //! next; a scheduler is one module implementing [`Scheduler`], chosen where the worker is built
-//! (`Job::run` in `lib.rs`).
+//! (`WorkerMain::run` in `lib.rs`).
 //!
 //! Contract: a scheduler runs every piece of work it was given exactly once, in an order of its
 //! choosing, and returns `None` from [`Scheduler::next`] only when it holds nothing; the worker

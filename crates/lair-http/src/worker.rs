@@ -24,7 +24,7 @@ use crate::conn::{BufPool, Conn, Cx, Next, Phase};
 use crate::log::LogClock;
 use crate::response::DateCache;
 use crate::schedule::{Input, Scheduler, Work};
-use crate::{HttpStats, Shared, WorkerReport};
+use crate::{HttpStats, ServerState, WorkerReport};
 
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -47,7 +47,7 @@ struct Listener {
     again: bool,
 }
 
-struct Slot {
+struct ConnSlot {
     gen: u32,
     conn: Option<Conn>,
 }
@@ -64,9 +64,9 @@ pub(crate) struct Worker<B: Backend, S: Scheduler> {
     id: usize,
     engine: B,
     sched: S,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     listeners: Vec<Listener>,
-    slots: Vec<Slot>,
+    slots: Vec<ConnSlot>,
     free: Vec<u32>,
     live: usize,
     /// Connections allowed before answering 503, and before refusing to accept at all.
@@ -91,7 +91,7 @@ fn token(idx: u32, gen: u32) -> Token {
 }
 
 impl<B: Backend, S: Scheduler> Worker<B, S> {
-    pub fn new(id: usize, engine: B, shared: Arc<Shared>, listeners: Vec<OwnedFd>) -> Self {
+    pub fn new(id: usize, engine: B, shared: Arc<ServerState>, listeners: Vec<OwnedFd>) -> Self {
         let workers = shared.cfg.workers.max(1);
         let cap = shared.cfg.max_connections.div_ceil(workers).max(1);
         let now = Instant::now();
@@ -223,7 +223,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             return;
         }
         match self.slots.get(idx as usize) {
-            Some(Slot {
+            Some(ConnSlot {
                 gen: g,
                 conn: Some(conn),
             }) if *g == gen => {
@@ -295,7 +295,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot { gen: 0, conn: None });
+                self.slots.push(ConnSlot { gen: 0, conn: None });
                 (self.slots.len() - 1) as u32
             }
         };

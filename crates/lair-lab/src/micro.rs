@@ -33,7 +33,7 @@ pub const READ_CHUNK: usize = 256 * 1024;
 
 /// One measured run.
 #[derive(Clone, Debug, Serialize)]
-pub struct Row {
+pub struct Measurement {
     /// `getpid`, `open-stat` or `open-stat-read`.
     pub bench: String,
     /// `direct`, `threads`, or a backend name.
@@ -62,7 +62,7 @@ pub struct Row {
     pub helper_threads: usize,
 }
 
-impl Row {
+impl Measurement {
     /// A run of `ops` calls or requests that took `seconds`; the other counts start at zero.
     fn measured(
         bench: &str,
@@ -71,8 +71,8 @@ impl Row {
         ops: u64,
         seconds: f64,
         before: &Sample,
-    ) -> Row {
-        Row {
+    ) -> Measurement {
+        Measurement {
             bench: bench.into(),
             way: way.into(),
             threads,
@@ -91,7 +91,7 @@ impl Row {
 }
 
 /// The median of repetitions of one cell (by time), carrying the range of their times.
-pub fn median(mut reps: Vec<Row>) -> Option<Row> {
+pub fn median(mut reps: Vec<Measurement>) -> Option<Measurement> {
     reps.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
     let (lo, hi) = (reps.first()?.seconds, reps.last()?.seconds);
     let mut mid = reps.swap_remove(reps.len() / 2);
@@ -115,7 +115,7 @@ fn getpid() -> u64 {
 }
 
 /// `calls` direct `getpid` calls.
-pub fn getpid_direct(calls: u64) -> Row {
+pub fn getpid_direct(calls: u64) -> Measurement {
     let before = me();
     let start = Instant::now();
     let mut sum = 0u64;
@@ -124,12 +124,16 @@ pub fn getpid_direct(calls: u64) -> Row {
     }
     std::hint::black_box(sum);
     let seconds = start.elapsed().as_secs_f64();
-    Row::measured("getpid", "direct", 1, calls, seconds, &before)
+    Measurement::measured("getpid", "direct", 1, calls, seconds, &before)
 }
 
 /// `calls` `getpid` calls through backend `kind`, at most `inflight` at once (and as many
 /// helper threads).
-pub fn getpid_backend(kind: BackendKind, calls: u64, inflight: usize) -> anyhow::Result<Row> {
+pub fn getpid_backend(
+    kind: BackendKind,
+    calls: u64,
+    inflight: usize,
+) -> anyhow::Result<Measurement> {
     let cfg = EngineConfig {
         helpers: inflight,
         ..EngineConfig::default()
@@ -145,8 +149,8 @@ struct Getpid {
 }
 
 impl WithBackend for Getpid {
-    type Output = anyhow::Result<Row>;
-    fn run<B: Backend>(self, mut b: B) -> anyhow::Result<Row> {
+    type Output = anyhow::Result<Measurement>;
+    fn run<B: Backend>(self, mut b: B) -> anyhow::Result<Measurement> {
         let before = me();
         let start = Instant::now();
         let (mut submitted, mut finished, mut pending) = (0u64, 0u64, 0usize);
@@ -175,10 +179,10 @@ impl WithBackend for Getpid {
         }
         std::hint::black_box(sum);
         let seconds = start.elapsed().as_secs_f64();
-        Ok(Row {
+        Ok(Measurement {
             helper_ops: b.counters().op(OpKind::Call).helper,
             helper_threads: b.helper_threads(),
-            ..Row::measured("getpid", "", self.inflight, self.calls, seconds, &before)
+            ..Measurement::measured("getpid", "", self.inflight, self.calls, seconds, &before)
         })
     }
 }
@@ -251,7 +255,7 @@ fn bench_name(read: bool) -> &'static str {
 /// Thread per request: `threads` threads, request `i` on thread `i % threads`, each request
 /// the engine's own blocking open ([`setup::open_beneath`]) + `fstat` (+ `pread` to the end)
 /// in sequence.
-pub fn open_stat_threads(trace: &Trace, threads: usize, read: bool) -> anyhow::Result<Row> {
+pub fn open_stat_threads(trace: &Trace, threads: usize, read: bool) -> anyhow::Result<Measurement> {
     let dir = setup::open_dir(&trace.root).context("opening the fileset root")?;
     let threads = threads.max(1);
     let before = me();
@@ -281,9 +285,9 @@ pub fn open_stat_threads(trace: &Trace, threads: usize, read: bool) -> anyhow::R
     })?;
     let seconds = start.elapsed().as_secs_f64();
     let n = trace.requests.len() as u64;
-    Ok(Row {
+    Ok(Measurement {
         bytes,
-        ..Row::measured(bench_name(read), "threads", threads, n, seconds, &before)
+        ..Measurement::measured(bench_name(read), "threads", threads, n, seconds, &before)
     })
 }
 
@@ -306,7 +310,7 @@ pub fn open_stat_backend(
     trace: &Trace,
     inflight: usize,
     read: bool,
-) -> anyhow::Result<Row> {
+) -> anyhow::Result<Measurement> {
     let dir = Arc::new(setup::open_dir(&trace.root).context("opening the fileset root")?);
     let cfg = EngineConfig {
         helpers: inflight,
@@ -406,8 +410,8 @@ fn read_op(file: lair_io::SharedFd, offset: u64, mut buf: Vec<u8>) -> Op {
 }
 
 impl WithBackend for OpenStat<'_> {
-    type Output = anyhow::Result<Row>;
-    fn run<B: Backend>(self, mut b: B) -> anyhow::Result<Row> {
+    type Output = anyhow::Result<Measurement>;
+    fn run<B: Backend>(self, mut b: B) -> anyhow::Result<Measurement> {
         let before = me();
         let start = Instant::now();
         let mut stages: Vec<Stage> = (0..self.inflight).map(|_| Stage::Idle).collect();
@@ -464,11 +468,11 @@ impl WithBackend for OpenStat<'_> {
             .into_iter()
             .map(|k| c.op(k).helper)
             .sum();
-        Ok(Row {
+        Ok(Measurement {
             bytes,
             helper_ops,
             helper_threads: b.helper_threads(),
-            ..Row::measured(
+            ..Measurement::measured(
                 bench_name(self.read),
                 "",
                 self.inflight,
@@ -482,7 +486,7 @@ impl WithBackend for OpenStat<'_> {
 
 /// Rows as a Markdown table, with each row's time relative to its baseline (same bench and
 /// cache: the direct call, or the thread baseline with as many threads) and its range.
-pub fn table(rows: &[Row]) -> String {
+pub fn table(rows: &[Measurement]) -> String {
     let mut out = String::from(
         "| bench | cache | way | threads | ops | time (s) | ns/op | × base | context switches | helper ops | range (s) |\n\
          |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",

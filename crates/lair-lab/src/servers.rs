@@ -105,7 +105,7 @@ pub fn check_installed(spec: &ServerSpec) -> anyhow::Result<()> {
 }
 
 /// A running server.
-pub struct Running {
+pub struct ServerProcess {
     /// Its name.
     pub name: String,
     /// Process id (nginx: the master; its worker is a child).
@@ -177,7 +177,7 @@ fn write_lighttpd_conf(p: &Place<'_>) -> anyhow::Result<PathBuf> {
 }
 
 /// Start `spec` at `place` and wait until it accepts connections.
-pub fn start(spec: &ServerSpec, place: &Place<'_>) -> anyhow::Result<Running> {
+pub fn start(spec: &ServerSpec, place: &Place<'_>) -> anyhow::Result<ServerProcess> {
     check_installed(spec)?;
     std::fs::create_dir_all(place.work)?;
     let log = place.work.join(format!("{}.log", spec.name));
@@ -213,7 +213,7 @@ pub fn start(spec: &ServerSpec, place: &Place<'_>) -> anyhow::Result<Running> {
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("starting {}", spec.name))?;
-    let mut r = Running {
+    let mut r = ServerProcess {
         name: spec.name.clone(),
         pid: child.id(),
         child,
@@ -243,7 +243,7 @@ pub fn start(spec: &ServerSpec, place: &Place<'_>) -> anyhow::Result<Running> {
     }
 }
 
-impl Running {
+impl ServerProcess {
     /// Stop the server (SIGTERM, then SIGKILL after 10 s) and return lair's engine counters
     /// and HTTP statistics, if it is lair.
     pub fn stop(mut self) -> Option<serde_json::Value> {
@@ -280,7 +280,7 @@ impl Running {
     }
 }
 
-impl Drop for Running {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.terminate();
     }

@@ -34,7 +34,7 @@ const CONNECT_GIVE_UP: u64 = 100;
 const TICK: Duration = Duration::from_millis(5);
 
 /// What the threads of one run share.
-pub(crate) struct Shared<'a> {
+pub(crate) struct RunState<'a> {
     /// Requests started (closed loop with a request budget).
     pub issued: &'a AtomicU64,
     /// Next path (closed loop, round robin).
@@ -126,7 +126,7 @@ struct Loop<'a, B: Backend> {
     max_open: usize,
     arrivals: Option<Arrivals>,
     tally: Tally,
-    shared: &'a Shared<'a>,
+    shared: &'a RunState<'a>,
     requests: Vec<Vec<u8>>,
     /// Closed loop with a duration: the end.
     end: Option<Instant>,
@@ -149,7 +149,7 @@ pub(crate) fn run_thread(
     cfg: &LoadConfig,
     t: usize,
     cpu: Option<usize>,
-    shared: &Shared<'_>,
+    shared: &RunState<'_>,
 ) -> Result<Tally, Error> {
     if let Some(cpu) = cpu {
         // Best effort: an unavailable CPU leaves the thread unpinned.

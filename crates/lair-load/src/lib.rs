@@ -322,7 +322,7 @@ pub fn run_with(
     let issued = AtomicU64::new(0);
     let cursor = AtomicU64::new(0);
     let started = Instant::now();
-    let shared = client::Shared {
+    let shared = client::RunState {
         issued: &issued,
         cursor: &cursor,
         progress,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use lair_io::BackendKind;
-use lair_lab::micro::{self, Row, Trace};
+use lair_lab::micro::{self, Measurement, Trace};
 use lair_lab::workload::{generate, Spec};
 
 /// Flags of `lair micro`.
@@ -67,7 +67,7 @@ struct OpenStatArgs {
     common: Common,
 }
 
-fn print(rows: Vec<Row>, json: bool) -> anyhow::Result<()> {
+fn print(rows: Vec<Measurement>, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -80,10 +80,10 @@ fn print(rows: Vec<Row>, json: bool) -> anyhow::Result<()> {
 pub fn run(a: MicroArgs) -> anyhow::Result<()> {
     match a.bench {
         Bench::Getpid { calls, common } => {
-            let mut cells: Vec<Vec<Row>> = Vec::new();
+            let mut cells: Vec<Vec<Measurement>> = Vec::new();
             for _ in 0..common.reps.max(1) {
                 let mut i = 0;
-                let mut put = |r: Row| {
+                let mut put = |r: Measurement| {
                     if cells.len() <= i {
                         cells.push(Vec::new());
                     }
@@ -127,7 +127,7 @@ fn open_stat(o: OpenStatArgs, read: bool) -> anyhow::Result<()> {
     let paths: Vec<String> = dataset.files.iter().map(|f| f.path.clone()).collect();
     let requests: Vec<u32> = dataset.requests.iter().map(|r| r.file).collect();
     let trace = Trace::new(&fs.root, &paths, &requests)?;
-    let mut cells: Vec<Vec<Row>> = Vec::new();
+    let mut cells: Vec<Vec<Measurement>> = Vec::new();
     let mut warned = false;
     for _ in 0..o.common.reps.max(1) {
         let mut i = 0;

@@ -66,7 +66,7 @@ struct Queue {
     stop: bool,
 }
 
-struct Shared {
+struct PoolState {
     queue: Mutex<Queue>,
     work: Condvar,
     done: Mutex<Vec<Finished>>,
@@ -75,7 +75,7 @@ struct Shared {
 
 /// The pool. Dropping it stops the threads after their current job.
 pub(crate) struct Helpers {
-    shared: Arc<Shared>,
+    shared: Arc<PoolState>,
     threads: Vec<JoinHandle<()>>,
     max: usize,
     name: &'static str,
@@ -93,7 +93,7 @@ impl Helpers {
     /// threads run on `cpus` (empty: wherever the kernel puts them).
     pub fn new(max: usize, wake: Arc<OwnedFd>, name: &'static str, cpus: &[usize]) -> Self {
         Helpers {
-            shared: Arc::new(Shared {
+            shared: Arc::new(PoolState {
                 queue: Mutex::new(Queue {
                     jobs: VecDeque::new(),
                     idle: 0,
@@ -158,7 +158,7 @@ impl Drop for Helpers {
     }
 }
 
-fn helper_main(shared: &Shared) {
+fn helper_main(shared: &PoolState) {
     // Helpers run every call in blocking mode; socket calls stay non-blocking and come back as
     // `Step::WouldBlock` for the loop to park.
     let mut caps = Caps::none();

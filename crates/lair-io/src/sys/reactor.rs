@@ -63,7 +63,7 @@ pub trait Policy: Sized + 'static {
 const WAKE_KEY: u64 = u64::MAX;
 
 #[derive(Default)]
-struct Slot {
+struct FdSlot {
     /// Identity of the descriptor the slot describes (`Arc` address), 0 if none: a slot left by
     /// a closed descriptor whose number came back is reset, not trusted.
     owner: usize,
@@ -88,7 +88,7 @@ pub struct Readiness<P: Policy> {
     epoll: OwnedFd,
     wake: Arc<OwnedFd>,
     helpers: Helpers,
-    slots: Vec<Slot>,
+    slots: Vec<FdSlot>,
     cancelled: Vec<Completion>,
     raw: Vec<epoll::Event>,
     events: Vec<Ready>,
@@ -304,15 +304,15 @@ impl<P: Policy> Readiness<P> {
         let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);
         let owner = Arc::as_ptr(sock) as usize;
         if fd >= self.slots.len() {
-            self.slots.resize_with(fd + 1, Slot::default);
+            self.slots.resize_with(fd + 1, FdSlot::default);
         }
         let slot = &mut self.slots[fd];
         if slot.owner != owner {
             // A stale slot cannot hold jobs: they would keep the old descriptor, and so its
             // number, alive.
-            *slot = Slot {
+            *slot = FdSlot {
                 owner,
-                ..Slot::default()
+                ..FdSlot::default()
             };
         }
         if !slot.registered {
@@ -411,14 +411,14 @@ impl<P: Policy> Readiness<P> {
         };
         let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);
         if fd >= self.slots.len() {
-            self.slots.resize_with(fd + 1, Slot::default);
+            self.slots.resize_with(fd + 1, FdSlot::default);
         }
         // Edge-triggered: the registration itself reports what is ready now.
         let registered = os::epoll_add(&self.epoll, &**sock, fd as u64).is_ok();
-        self.slots[fd] = Slot {
+        self.slots[fd] = FdSlot {
             owner: Arc::as_ptr(sock) as usize,
             registered,
-            ..Slot::default()
+            ..FdSlot::default()
         };
     }
 
@@ -458,7 +458,7 @@ impl<P: Policy> Readiness<P> {
         match self.start(op) {
             Step::Done(result, out) => {
                 if let Some(slot) = connecting.and_then(|fd| self.slots.get_mut(fd)) {
-                    *slot = Slot::default();
+                    *slot = FdSlot::default();
                 }
                 self.watch_accepted(kind, &out);
                 self.counters.op_mut(kind).errors += u64::from(result.is_err());
@@ -500,7 +500,7 @@ impl<P: Policy> Readiness<P> {
                 // A finished handshake's socket is closed or handed out: forget its slot (as
                 // `retry` does for one finished on the loop).
                 if let Some(slot) = connecting.and_then(|fd| self.slots.get_mut(fd)) {
-                    *slot = Slot::default();
+                    *slot = FdSlot::default();
                 }
                 self.watch_accepted(kind, &out);
                 self.counters.op_mut(kind).errors += u64::from(result.is_err());
