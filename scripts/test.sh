@@ -4,6 +4,9 @@
 #
 #   ./scripts/test.sh            everything
 #   ./scripts/test.sh -- NAME    cargo test filter passed through
+#
+# A test that cannot run (not root, no kernel feature) says why; the list is printed at the
+# end, and as root (CI) a skipped test fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,4 +47,16 @@ cargo fmt --all -- --check
 echo "test.sh: cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "test.sh: cargo test"
-cargo test --workspace --locked "${@}"
+# Tests that cannot run here record why (crates/lair/tests/support/skip.rs); they are listed
+# at the end, and as root — CI — any skip is a failure: there, every test must run.
+skips=$(mktemp /tmp/lair-test-skips.XXXXXX)
+trap 'rm -f "$skips"' EXIT
+LAIR_TEST_SKIPS=$skips cargo test --workspace --locked "${@}"
+if [ -s "$skips" ]; then
+  echo "test.sh: tests that did not run here:"
+  sed 's/^/  skipped: /' "$skips"
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "test.sh: running as root, where every test must run: failing" >&2
+    exit 1
+  fi
+fi

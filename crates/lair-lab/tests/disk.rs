@@ -3,6 +3,9 @@
 //! mount or loop device behind. Needs root, /dev/fuse and loop devices; skipped (with a
 //! line) otherwise.
 
+#[path = "../../lair/tests/support/skip.rs"]
+mod skip;
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
@@ -58,8 +61,10 @@ fn mounted(dir: &Path) -> bool {
 #[test]
 fn a_directory_on_the_emulated_disk_reads_the_same_in_parallel_and_is_given_back() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+        return skip::skipped(
+            "a_directory_on_the_emulated_disk_reads_the_same_in_parallel_and_is_given_back",
+            &why,
+        );
     }
     let tmp = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).unwrap();
     let dir = std::fs::canonicalize(tmp.path()).unwrap();
@@ -217,8 +222,7 @@ mod engine {
     #[test]
     fn lazy_does_not_sendfile_pages_still_being_read() {
         if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
+            return skip::skipped("lazy_does_not_sendfile_pages_still_being_read", &why);
         }
         let (tmp, mut undo, _disk) = slow_dir(1, 8192, "300ms");
         drop_pages(&[tmp.path().join("f0")]);
@@ -254,8 +258,7 @@ mod engine {
     #[test]
     fn a_cold_open_on_a_helper_starts_reading_the_file() {
         if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
+            return skip::skipped("a_cold_open_on_a_helper_starts_reading_the_file", &why);
         }
         let (tmp, mut undo, disk) = slow_dir(2, 64 << 10, "20ms");
         drop_pages(&[tmp.path().join("f1")]);

@@ -1,6 +1,9 @@
 //! `lair lab` end to end: the experiments' --quick variants against real servers, and the
 //! access-log importer feeding a trace experiment.
 
+#[path = "support/skip.rs"]
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -90,7 +93,10 @@ fn peers_quick_validates_every_response() {
         if installed(prog) {
             servers.extend_from_slice(names);
         } else {
-            eprintln!("{prog} not installed: left out (scripts/test.sh installs it)");
+            support::skipped(
+                &format!("peers_quick with {prog}"),
+                "not installed (scripts/test.sh installs it)",
+            );
         }
     }
     let list = servers.join(",");
@@ -157,13 +163,12 @@ fn imported_log_replays_through_the_trace_experiment() {
 
 #[test]
 fn hol_quick_throttles_the_disk_when_it_can() {
+    const NAME: &str = "hol_quick_throttles_the_disk_when_it_can";
     if let Err(why) = lair_lab::env::detect_cgroup() {
-        eprintln!("skipped: {why}");
-        return;
+        return support::skipped(NAME, &why.to_string());
     }
     if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!("skipped: the slow disk needs root");
-        return;
+        return support::skipped(NAME, "the slow disk needs root");
     }
     let out = tempfile::tempdir().unwrap();
     let (dir, j) = run(out.path(), &["hol", "--servers", "lair-lazy"]);
@@ -279,10 +284,10 @@ fn micro_benchmarks_print_tables_and_json() {
 #[test]
 fn slow_quick_shapes_the_link_and_paces_readers() {
     if !rustix::process::geteuid().is_root() || !installed("ip") {
-        eprintln!(
-            "skipped: the slow-link environment needs root and iproute2 (network namespaces)"
+        return support::skipped(
+            "slow_quick_shapes_the_link_and_paces_readers",
+            "the slow-link environment needs root and iproute2 (network namespaces)",
         );
-        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let (dir, j) = run(tmp.path(), &["slow"]);
@@ -310,8 +315,10 @@ fn slow_quick_shapes_the_link_and_paces_readers() {
 #[test]
 fn an_experiment_on_the_emulated_disk_counts_its_reads_and_unmounts() {
     if let Some(why) = lair_lab::disk::why_unavailable() {
-        eprintln!("skipped: {why}");
-        return;
+        return support::skipped(
+            "an_experiment_on_the_emulated_disk_counts_its_reads_and_unmounts",
+            &why,
+        );
     }
     let tmp = tempfile::tempdir().unwrap();
     let x = tmp.path().join("disk.toml");

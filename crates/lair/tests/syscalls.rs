@@ -61,8 +61,10 @@ fn count_calls(trace: &str) -> BTreeMap<String, usize> {
 #[test]
 fn a_cached_small_file_is_one_receive_and_one_gather_send() {
     if let Err(why) = can_attach() {
-        eprintln!("SKIPPED a_cached_small_file_is_one_receive_and_one_gather_send: {why}");
-        return;
+        return support::skipped(
+            "a_cached_small_file_is_one_receive_and_one_gather_send",
+            &why,
+        );
     }
     let site = Site::new();
     let body: Vec<u8> = support::pattern(1024);

@@ -24,13 +24,12 @@ impl Drop for Restore {
 
 #[test]
 fn uring_falls_back_to_lazy_when_io_uring_is_forbidden() {
+    const NAME: &str = "uring_falls_back_to_lazy_when_io_uring_is_forbidden";
     let Ok(old) = std::fs::read_to_string(SYSCTL) else {
-        eprintln!("skipped: this kernel has no {SYSCTL} (Linux < 6.6)");
-        return;
+        return support::skipped(NAME, &format!("this kernel has no {SYSCTL} (Linux < 6.6)"));
     };
     if std::fs::write(SYSCTL, "2").is_err() {
-        eprintln!("skipped: writing {SYSCTL} needs root");
-        return;
+        return support::skipped(NAME, &format!("writing {SYSCTL} needs root"));
     }
     let _restore = Restore(old.trim().to_string());
 
