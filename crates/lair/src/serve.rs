@@ -115,24 +115,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let (workers, backend, root) = (cfg.workers, cfg.backend, cfg.root.clone());
     let laio_ops = cfg.laio_ops;
-    let server = Server::bind(cfg).context("cannot start")?;
-    let running = server.start()?;
-    for a in running.local_addrs() {
-        // A plain line on stderr (whatever the log level): scripts and tests wait for it.
-        eprintln!("lair: listening on http://{a}");
-    }
-    tracing::info!(
-        "serving {} with {workers} workers, backend {backend}, operations through it: {laio_ops}",
-        root.display()
-    );
-
-    let stopper = running.stopper();
+    // Handlers first: a SIGTERM sent as soon as "listening" is printed must find them (it
+    // used to kill the process outright when it came before they were installed).
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])
     .context("installing signal handlers")?;
     let handle = signals.handle();
+    let server = Server::bind(cfg).context("cannot start")?;
+    let running = server.start()?;
+    let stopper = running.stopper();
     std::thread::Builder::new()
         .name("lair-signals".into())
         .spawn(move || {
@@ -149,6 +142,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
         .context("starting the signal thread")?;
+    for a in running.local_addrs() {
+        // A plain line on stderr (whatever the log level): scripts and tests wait for it.
+        eprintln!("lair: listening on http://{a}");
+    }
+    tracing::info!(
+        "serving {} with {workers} workers, backend {backend}, operations through it: {laio_ops}",
+        root.display()
+    );
 
     let report = running.wait();
     handle.close();

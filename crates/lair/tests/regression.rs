@@ -91,3 +91,20 @@ fn small_window_client(addr: std::net::SocketAddr) -> std::net::TcpStream {
     net::connect(&fd, &addr).unwrap();
     std::net::TcpStream::from(fd)
 }
+
+/// Issue 11, found by a loop of the serve tests: "listening" was printed before the signal
+/// handlers were installed, so a SIGTERM sent the moment a script saw the line killed the
+/// server outright (exit by signal 15, no report, no flushed log) instead of stopping it.
+#[test]
+fn issue_11_a_sigterm_right_after_listening_is_a_graceful_stop() {
+    let site = Site::new();
+    for i in 0..30 {
+        let mut srv = Opts::new(&site.root, "lazy").workers(1).start();
+        // `stop` sends SIGTERM at once and asserts a successful exit.
+        let lines = srv.stop();
+        assert!(
+            lines.iter().any(|l| l.contains("engine counters")),
+            "try {i}: no report at exit: {lines:?}"
+        );
+    }
+}
