@@ -42,7 +42,7 @@
 //! clients = [10]
 //! ```
 //!
-//! Servers are built-in names ([`crate::servers::BUILTIN`]) or `[[server]]` tables
+//! Servers are built-in names ([`crate::servers::builtin_names`]) or `[[server]]` tables
 //! (`name`, `kind = "lair" | "nginx" | "lighttpd"`, and its options).
 
 use std::collections::BTreeMap;
@@ -395,7 +395,7 @@ impl Experiment {
                 ServerEntry::Name(n) => crate::servers::builtin(n).with_context(|| {
                     format!(
                         "unknown server {n:?}; built in: {}",
-                        crate::servers::BUILTIN.join(", ")
+                        crate::servers::builtin_names().join(", ")
                     )
                 }),
                 ServerEntry::Spec(s) => Ok(s.clone()),

@@ -49,15 +49,16 @@ pub struct ServerSpec {
 }
 
 /// The built-in servers by name: `lair-BACKEND` for each engine backend (`lair-sync`,
-/// `lair-lazy`, `lair-eager`, `lair-hybrid`, `lair-uring`), `nginx`, `nginx-aio`, `lighttpd`.
+/// `lair-lazy`, … — every [`lair_io::BackendKind`]), `nginx`, `nginx-aio`, `lighttpd`.
 pub fn builtin(name: &str) -> Option<ServerSpec> {
+    let backend = name
+        .strip_prefix("lair-")
+        .and_then(|b| b.parse::<lair_io::BackendKind>().ok());
     let kind = match name {
-        "lair-sync" | "lair-lazy" | "lair-eager" | "lair-hybrid" | "lair-uring" => {
-            ServerKind::Lair {
-                backend: name["lair-".len()..].to_string(),
-                args: Vec::new(),
-            }
-        }
+        _ if backend.is_some() => ServerKind::Lair {
+            backend: name["lair-".len()..].to_string(),
+            args: Vec::new(),
+        },
         "nginx" => ServerKind::Nginx { aio_threads: None },
         "nginx-aio" => ServerKind::Nginx {
             aio_threads: Some(32),
@@ -71,17 +72,12 @@ pub fn builtin(name: &str) -> Option<ServerSpec> {
     })
 }
 
-/// Names of the built-in servers.
-pub const BUILTIN: [&str; 8] = [
-    "lair-sync",
-    "lair-lazy",
-    "lair-eager",
-    "lair-hybrid",
-    "lair-uring",
-    "nginx",
-    "nginx-aio",
-    "lighttpd",
-];
+/// Names of the built-in servers: lair on each backend, then the peers.
+pub fn builtin_names() -> Vec<String> {
+    let lair = lair_io::BackendKind::ALL.map(|b| format!("lair-{b}"));
+    let peers = ["nginx", "nginx-aio", "lighttpd"].map(String::from);
+    lair.into_iter().chain(peers).collect()
+}
 
 /// Whether the server's program is installed; the error says how to install it.
 pub fn check_installed(spec: &ServerSpec) -> anyhow::Result<()> {

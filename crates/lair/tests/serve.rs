@@ -644,14 +644,16 @@ fn access_log_and_stats() {
 #[test]
 fn ipv6_and_several_listeners() {
     let site = Site::new();
-    let mut o = Opts::new(&site.root, "lazy");
-    o.listen = vec!["127.0.0.1:0".into(), "[::1]:0".into()];
-    let srv = o.start();
-    assert_eq!(srv.addrs.len(), 2);
-    assert!(srv.addrs[1].is_ipv6());
-    for a in &srv.addrs {
-        let mut c = support::Client::connect(*a);
-        assert_eq!(c.get("/hello.txt").status, 200);
+    for b in BACKENDS {
+        let mut o = Opts::new(&site.root, b);
+        o.listen = vec!["127.0.0.1:0".into(), "[::1]:0".into()];
+        let srv = o.start();
+        assert_eq!(srv.addrs.len(), 2);
+        assert!(srv.addrs[1].is_ipv6());
+        for a in &srv.addrs {
+            let mut c = support::Client::connect(*a);
+            assert_eq!(c.get("/hello.txt").status, 200, "{b}");
+        }
     }
 }
 
@@ -701,7 +703,8 @@ fn config_file_and_flags() {
 #[test]
 fn replaced_files_are_seen_within_the_cache_ttl() {
     let site = Site::new();
-    for (b, ttl) in [("lazy", "300ms"), ("sync", "300ms"), ("lazy", "0")] {
+    let runs = BACKENDS.iter().flat_map(|b| [(*b, "300ms"), (*b, "0")]);
+    for (b, ttl) in runs {
         let srv = Opts::new(&site.root, b)
             .args(["--file-cache-ttl", ttl])
             .start();

@@ -135,8 +135,8 @@ impl BackendKind {
         BackendKind::Uring,
     ];
 
-    /// The name on the command line.
-    pub fn name(self) -> &'static str {
+    /// The name on the command line (also `lair-NAME` among the lab's servers).
+    pub const fn name(self) -> &'static str {
         match self {
             BackendKind::Sync => sync::SyncBackend::NAME,
             BackendKind::Lazy => lazy::LazyBackend::NAME,
