@@ -48,15 +48,16 @@ pub(crate) trait Scheduler: 'static {
     fn new() -> Self;
     /// Work from outside a step: a completion `poll` delivered, a connection just accepted.
     fn arrived(&mut self, w: Work);
-    /// Work made by the step just run: the operation it submitted finished inline.
-    fn inline(&mut self, w: Work);
+    /// Work made by the step just run: the operation it submitted finished inline. Give it
+    /// back to have it run at once (no queueing: the common case of depth first), or keep it.
+    fn inline(&mut self, w: Work) -> Option<Work>;
     /// The next step to run; `None` when nothing is left.
     fn next(&mut self) -> Option<Work>;
 }
 
 /// Depth first (the worker's policy so far): a connection whose operation finished inline runs
-/// again at once, so a cached small response is one uninterrupted run of steps; work from
-/// `poll` runs in the order it arrived.
+/// again at once (handed straight back, never queued), so a cached small response is one
+/// uninterrupted run of steps; work from `poll` runs in the order it arrived.
 pub(crate) struct DepthFirst {
     queue: VecDeque<Work>,
 }
@@ -76,8 +77,8 @@ impl Scheduler for DepthFirst {
     }
 
     #[inline]
-    fn inline(&mut self, w: Work) {
-        self.queue.push_front(w);
+    fn inline(&mut self, w: Work) -> Option<Work> {
+        Some(w)
     }
 
     #[inline]
@@ -105,11 +106,11 @@ mod tests {
         s.arrived(w(1));
         s.arrived(w(2));
         assert_eq!(s.next().map(|w| w.idx), Some(1));
-        s.inline(w(1));
+        let again = s.inline(w(1));
         assert_eq!(
-            s.next().map(|w| w.idx),
+            again.map(|w| w.idx),
             Some(1),
-            "the same connection again"
+            "the same connection, at once"
         );
         assert_eq!(s.next().map(|w| w.idx), Some(2));
         assert!(s.next().is_none());

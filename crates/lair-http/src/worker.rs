@@ -318,14 +318,19 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
 
     /// Run what the scheduler holds, until it holds nothing.
     fn run_scheduled(&mut self) {
-        while let Some(w) = self.sched.next() {
-            self.step(w);
+        while let Some(mut w) = self.sched.next() {
+            // Steps whose operation finished inline, for as long as the scheduler wants them
+            // run at once.
+            while let Some(again) = self.step(w) {
+                w = again;
+            }
         }
     }
 
     /// One step of one connection: `Conn::step` on the work's input, then submit the operation
-    /// it asks for; one that finishes inline goes back to the scheduler.
-    fn step(&mut self, w: Work) {
+    /// it asks for; one that finishes inline goes to the scheduler, which may hand it back to
+    /// run at once.
+    fn step(&mut self, w: Work) -> Option<Work> {
         let Worker {
             engine,
             sched,
@@ -339,14 +344,10 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             bufs,
             ..
         } = self;
-        let Some(slot) = slots.get_mut(w.idx as usize) else {
-            return;
-        };
+        let slot = slots.get_mut(w.idx as usize)?;
         let gen = slot.gen;
-        let Some(conn) = slot.conn.as_mut().filter(|_| gen == w.gen) else {
-            // Closed since the work was queued.
-            return;
-        };
+        // None: closed since the work was queued.
+        let conn = slot.conn.as_mut().filter(|_| gen == w.gen)?;
         let mut cx = Cx {
             cfg: &shared.cfg,
             root: &shared.root,
@@ -366,17 +367,19 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             Input::Done(c) => conn.step(&mut cx, Some(c)),
         };
         match next {
-            Next::Close => self.close(w.idx),
-            Next::Submit(op) => {
-                if let Submit::Done(c) = engine.submit(token(w.idx, gen), op) {
-                    sched.inline(Work {
-                        idx: w.idx,
-                        gen,
-                        phase: conn.phase,
-                        input: Input::Done(c),
-                    });
-                }
+            Next::Close => {
+                self.close(w.idx);
+                None
             }
+            Next::Submit(op) => match engine.submit(token(w.idx, gen), op) {
+                Submit::Done(c) => sched.inline(Work {
+                    idx: w.idx,
+                    gen,
+                    phase: conn.phase,
+                    input: Input::Done(c),
+                }),
+                Submit::Pending => None,
+            },
         }
     }
 
