@@ -395,3 +395,106 @@ impl Running {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use lair_io::{Completion, EngineConfig, Op, OpKind, Submit, Token};
+
+    use super::*;
+
+    /// A real backend whose closes finish later, in the next `poll` — as one with asynchronous
+    /// closes (io_uring's close opcode) would. None of lair's backends does yet.
+    struct LateClose<B> {
+        inner: B,
+        late: Vec<Completion>,
+    }
+
+    impl<B: Backend> Backend for LateClose<B> {
+        const NAME: &'static str = "late-close";
+        fn new(config: &EngineConfig) -> Result<Self, lair_io::Error> {
+            Ok(LateClose {
+                inner: B::new(config)?,
+                late: Vec::new(),
+            })
+        }
+        fn submit(&mut self, token: Token, op: Op) -> Submit {
+            let close = matches!(op, Op::Close { .. });
+            match self.inner.submit(token, op) {
+                Submit::Done(c) if close => {
+                    self.late.push(c);
+                    Submit::Pending
+                }
+                s => s,
+            }
+        }
+        fn poll(
+            &mut self,
+            done: &mut Vec<Completion>,
+            timeout: Option<Duration>,
+        ) -> Result<(), lair_io::Error> {
+            if self.late.is_empty() {
+                return self.inner.poll(done, timeout);
+            }
+            done.append(&mut self.late);
+            self.inner.poll(done, Some(Duration::ZERO))
+        }
+        fn waker(&self) -> Waker {
+            self.inner.waker()
+        }
+        fn counters(&self) -> Counters {
+            self.inner.counters()
+        }
+        fn helper_threads(&self) -> usize {
+            self.inner.helper_threads()
+        }
+    }
+
+    /// Issue 11: `Op::Close` used to be submitted under a listener's accept token; a close
+    /// finished later was then taken for that listener's accept, and the worker submitted
+    /// accepts on a listener that already had one parked (each failing with `EBUSY`).
+    #[test]
+    fn a_close_that_finishes_later_is_not_taken_for_an_accept() {
+        let mut cfg = ServerConfig::new(std::env::temp_dir());
+        cfg.workers = 1;
+        cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        let server = Server::bind(cfg).unwrap();
+        let addr = server.addrs[0];
+        let Server {
+            shared,
+            mut listeners,
+            ..
+        } = server;
+        let job = WorkerMain {
+            id: 0,
+            shared: Arc::clone(&shared),
+            listeners: listeners.remove(0),
+        };
+        let worker = std::thread::spawn(move || {
+            let engine =
+                LateClose::<lair_io::sys::lazy::LazyBackend>::new(&EngineConfig::default())
+                    .unwrap();
+            job.run(engine)
+        });
+        for i in 0..20 {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /no-such-file HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            assert!(got.starts_with(b"HTTP/1.1 404"), "try {i}: {got:?}");
+        }
+        Stopper(Arc::clone(&shared)).stop();
+        let report = worker.join().unwrap().unwrap();
+        assert_eq!(report.http.connections, 20);
+        // One accept per connection and the one parked when the server stopped (cancelled
+        // when its listener closed): no accept submitted because of a close.
+        let accept = report.engine.op(OpKind::Accept);
+        assert_eq!(accept.submitted, 21, "{accept:?}");
+        assert!(accept.errors <= 1, "accepts failed: {accept:?}");
+    }
+}

@@ -14,11 +14,13 @@
 //! 5. keep [`Counters`] of how each operation ran.
 //!
 //! Adding a backend is one new file here implementing [`Backend`] (or a `Policy` on the
-//! readiness reactor) and one arm in [`with_backend`]; nothing in the server changes.
+//! readiness reactor), its [`BackendKind`] variant and one arm in [`with_backend`]; nothing in
+//! the server changes, and the tests and the lab, which list `BackendKind::ALL`, cover it.
 //!
-//! Only `sys/` may use `unsafe`: `os.rs` (one raw system call, for the readiness backends) and
-//! `uring.rs` (the io_uring backend's submission entries and the descriptors and bytes the
-//! kernel hands back).
+//! Only `sys/` may use `unsafe`: `os.rs` (the raw `cachestat` call and `preadv2` into spare
+//! capacity, for the readiness backends), `uring.rs` (the io_uring backend's submission
+//! entries and the descriptors and bytes the kernel hands back) and `buf.rs` (marking a
+//! buffer's spare room as filled).
 
 use std::fmt;
 use std::os::fd::OwnedFd;
