@@ -113,6 +113,47 @@ macro_rules! count_kind {
 }
 count_kind!(usize, u64, u32, i32);
 
+/// A count within `LO..=HI` (`CountIn<1, 256>`): out of range is an error of the flag or key
+/// that gave it, like any other bad value.
+pub struct CountIn<const LO: u64, const HI: u64>;
+
+macro_rules! count_in_kind {
+    ($($t:ty),*) => {$(
+        impl<const LO: u64, const HI: u64> Kind<$t> for CountIn<LO, HI> {
+            const NAME: &'static str = "N";
+            fn parse(s: &str) -> Result<$t, String> {
+                let n: u64 = <Count as Kind<u64>>::parse(s)?;
+                if !(LO..=HI).contains(&n) {
+                    return Err(if HI == u64::MAX {
+                        format!("{s:?}: must be at least {LO}")
+                    } else {
+                        format!("{s:?}: must be {LO}..={HI}")
+                    });
+                }
+                <$t>::try_from(n).map_err(|_| format!("{s:?} is too large"))
+            }
+            fn sample(default: &str) -> String {
+                default.to_owned()
+            }
+        }
+    )*};
+}
+count_in_kind!(usize, i32);
+
+/// A count of at least one.
+pub type Positive = CountIn<1, { u64::MAX }>;
+
+/// A size that must not be zero (`64k`).
+pub struct NonZeroSize;
+
+impl Kind<usize> for NonZeroSize {
+    const NAME: &'static str = "SIZE";
+    fn parse(s: &str) -> Result<usize, String> {
+        let n = crate::value::parse_nonzero_size(s)?;
+        usize::try_from(n).map_err(|_| format!("{s:?} is too large"))
+    }
+}
+
 /// A thread count, or `auto`: as many as the CPUs this process may use.
 pub struct Threads;
 
@@ -122,7 +163,11 @@ impl Kind<usize> for Threads {
         if s.trim() == "auto" {
             return Ok(std::thread::available_parallelism().map_or(1, |n| n.get()));
         }
-        <Count as Kind<usize>>::parse(s).map_err(|_| format!("{s:?} is neither a number nor auto"))
+        match <Count as Kind<usize>>::parse(s) {
+            Ok(0) => Err(format!("{s:?}: must be at least 1 (or auto)")),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!("{s:?} is neither a number nor auto")),
+        }
     }
 }
 
@@ -213,6 +258,9 @@ impl Kind<Vec<SocketAddr>> for Addrs {
     const NAME: &'static str = "ADDR";
     const REPEAT: bool = true;
     fn parse(s: &str) -> Result<Vec<SocketAddr>, String> {
+        if s.trim().is_empty() {
+            return Err("no address".into());
+        }
         s.split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
@@ -232,6 +280,7 @@ impl Kind<Vec<SocketAddr>> for Addrs {
     fn from_toml(v: &toml::Value, _base: Option<&StdPath>) -> Result<Vec<SocketAddr>, String> {
         match v {
             toml::Value::String(s) => <Self as Kind<Vec<SocketAddr>>>::parse(s),
+            toml::Value::Array(items) if items.is_empty() => Err("no address".into()),
             toml::Value::Array(items) => {
                 let mut texts = Vec::new();
                 for item in items {
@@ -267,6 +316,18 @@ mod tests {
             <Time as Kind<Duration>>::read(Input::Toml(&secs, None)),
             <Time as Kind<Duration>>::read(Input::Text(&["3"]))
         );
+    }
+
+    #[test]
+    fn bounded_counts_say_their_bounds() {
+        assert_eq!(<CountIn<1, 256> as Kind<usize>>::parse("256"), Ok(256));
+        let e = <CountIn<1, 256> as Kind<usize>>::parse("257").unwrap_err();
+        assert!(e.contains("1..=256"), "{e}");
+        let e = <Positive as Kind<usize>>::parse("0").unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        assert!(<Threads as Kind<usize>>::parse("0").is_err());
+        assert!(<NonZeroSize as Kind<usize>>::parse("0").is_err());
+        assert!(<Addrs as Kind<Vec<SocketAddr>>>::parse("").is_err());
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path as StdPath, PathBuf};
 use std::time::Duration;
 
-use lair_conf::kind::{Addrs, Count, Name, Path, Size, Switch, Threads, Time};
+use lair_conf::kind::{
+    Addrs, Count, CountIn, Name, NonZeroSize, Path, Positive, Size, Switch, Threads, Time,
+};
 use lair_conf::{Input, Kind};
 use lair_io::{BackendKind, EngineConfig, OpSet, SharedFd};
 
@@ -73,20 +75,20 @@ lair_conf::settings! {
         /// file calls only, and its cold opens do not prefetch).
         backend: BackendKind = "lazy" as Name;
         /// Upper bound of helper threads per worker.
-        helpers: usize = "32" as Count;
+        helpers: usize = "32" as Positive;
         /// Which operations go through the backend: `all`, `network` (all but
         /// open/stat/read/write: seed 001's "networkonly"), `disk`, `none`, or names
         /// (`open,read,sendfile`); the others run directly on the loop, as under `sync`.
         laio_ops: OpSet = "all" as Name;
         /// Most open connections over all workers; beyond it new ones get 503 and accepting
         /// pauses.
-        max_connections: usize = "10000" as Count;
+        max_connections: usize = "10000" as Positive;
         /// Longest request line (414 beyond).
         max_request_line: usize = "8k" as Size;
         /// Largest request head, request line included (431 beyond).
         max_header_bytes: usize = "32k" as Size;
         /// Most header fields (431 beyond; at most 256).
-        max_header_fields: usize = "100" as Count;
+        max_header_fields: usize = "100" as CountIn<1, 256>;
         /// Largest request body read and discarded on GET/HEAD (413 and close beyond).
         max_discard_body: u64 = "64k" as Size;
         /// Time to receive a whole request head (slowloris protection).
@@ -109,7 +111,7 @@ lair_conf::settings! {
         /// Most bytes one sendfile call sends before the connection waits its turn again
         /// (fairness between large downloads, like nginx's `sendfile_max_chunk`); the one
         /// sendfile window: `lazy` checks this range with cachestat, `uring` stages it.
-        sendfile_chunk: usize = "512k" as Size;
+        sendfile_chunk: usize = "512k" as NonZeroSize;
         /// Access log (Combined Log Format): a file path, `-` for standard output, or `off`.
         access_log: AccessLog = "off" as LogDest;
         /// How long an open file (descriptor, metadata, validators, small body) is reused
@@ -118,7 +120,7 @@ lair_conf::settings! {
         /// Most files each worker keeps open in its cache.
         file_cache_entries: usize = "1024" as Count;
         /// Listen backlog (the kernel caps it at `net.core.somaxconn`).
-        backlog: i32 = "4096" as Count;
+        backlog: i32 = "4096" as CountIn<1, 65535>;
         /// Write the engine counters and HTTP statistics as JSON to this file at exit.
         stats_json: Option<PathBuf> = "" as Path;
     }
@@ -155,28 +157,24 @@ impl ServerConfig {
         }
     }
 
-    /// Combinations and ranges the types do not rule out; the message names the flag.
+    /// What the kinds of the declaration cannot rule out (a struct built in code rather than
+    /// read from flags or a file). A value read from a flag or a file was checked by its kind
+    /// already, and its error named that flag, or that file and key.
     pub fn check(&self) -> Result<(), String> {
         if self.workers == 0 {
-            return Err("--workers must be at least 1".into());
+            return Err("workers must be at least 1".into());
         }
         if self.listen.is_empty() {
-            return Err("--listen: no address".into());
+            return Err("no listen address".into());
         }
         if self.max_header_fields == 0 || self.max_header_fields > crate::request::MAX_FIELDS {
             return Err(format!(
-                "--max-header-fields must be 1..={}",
+                "max-header-fields must be 1..={}",
                 crate::request::MAX_FIELDS
             ));
         }
-        if self.max_connections == 0 {
-            return Err("--max-connections must be at least 1".into());
-        }
-        if self.sendfile_chunk == 0 {
-            return Err("--sendfile-chunk must be at least 1 byte".into());
-        }
-        if self.backlog < 1 {
-            return Err("--backlog must be at least 1".into());
+        if self.max_connections == 0 || self.sendfile_chunk == 0 || self.backlog < 1 {
+            return Err("max-connections, sendfile-chunk and backlog must be at least 1".into());
         }
         Ok(())
     }
@@ -199,6 +197,18 @@ mod tests {
                 "{b} missing from --backend's doc"
             );
         }
+    }
+
+    #[test]
+    fn the_header_field_bound_is_the_parsers() {
+        let s = ServerConfig::SETTINGS
+            .iter()
+            .find(|s| s.field == "max_header_fields")
+            .unwrap();
+        let max = crate::request::MAX_FIELDS;
+        assert!((s.check)(&max.to_string()).is_ok());
+        assert!((s.check)(&(max + 1).to_string()).is_err());
+        assert!((s.check)("0").is_err());
     }
 
     #[test]

@@ -97,7 +97,12 @@ fn a_wrong_key_or_value_names_the_file_and_the_key() {
         ("workerz = 2", "did you mean `workers`"),
         ("small-file-bytes = 'lots'", "small-file-bytes: \"lots\""),
         ("backend = 'fast'", "backend: unknown backend \"fast\""),
-        ("workers = 0", "--workers must be at least 1"),
+        ("workers = 0", "workers: \"0\": must be at least 1"),
+        (
+            "max-header-fields = 300",
+            "max-header-fields: \"300\": must be 1..=256",
+        ),
+        ("listen = []", "listen: no address"),
     ] {
         std::fs::write(&f, text).unwrap();
         let out = lair(&["serve", "--config", f.to_str().unwrap(), "--check"]);
