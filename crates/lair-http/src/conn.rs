@@ -119,6 +119,10 @@ struct Req {
     head_len: usize,
     whole_file: bool,
     status: u16,
+    /// The client waits for `100 Continue` before sending the body it announced: the response
+    /// starts with one (unless it closes), so the body follows and is discarded, never taken
+    /// for the next request.
+    continue_pending: bool,
     persist: Option<Persistence>,
     close_after: bool,
     linger: bool,
@@ -239,12 +243,17 @@ impl Conn {
         self.recv_op()
     }
 
-    /// The send buffer, from the pool if this connection holds none.
+    /// The send buffer, from the pool if this connection holds none, with the interim
+    /// `100 Continue` first when the client waits for one (RFC 9110 §10.1.1).
     fn wbuf(&mut self, cx: &mut Cx<'_>) -> &mut Vec<u8> {
         if self.wbuf.capacity() == 0 {
             self.wbuf = cx.bufs.take();
         }
         self.wbuf.clear();
+        if std::mem::take(&mut self.req.continue_pending) && !self.req.close_after {
+            self.wbuf
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
         &mut self.wbuf
     }
 
@@ -315,6 +324,11 @@ impl Conn {
             close_after: persist == Persistence::Close,
             ..Req::default()
         };
+        // Only an HTTP/1.1 client may be sent a 1xx, and only one that has not sent the body yet.
+        self.req.continue_pending = head.expect_continue
+            && head.minor == 1
+            && head.content_length > 0
+            && self.rbuf.len() <= head.len;
         self.req.head = Some(head);
         if too_big {
             return self.error(cx, 413, true, &[]);
@@ -334,7 +348,11 @@ impl Conn {
                 self.req.trailing_slash = trailing_slash;
                 self.open(cx)
             }
-            Err(PathError::Dotfile) => self.error(cx, 404, false, &[]),
+            // No file is named so: not found, the connection kept (RFC 9110 leaves the choice;
+            // Apache answers 404 to an encoded slash by default).
+            Err(PathError::Dotfile | PathError::EncodedSeparator) => {
+                self.error(cx, 404, false, &[])
+            }
             Err(_) => self.error(cx, 400, true, &[]),
         }
     }
@@ -384,6 +402,10 @@ impl Conn {
             _ => return self.error(cx, 500, true, &[]),
         };
         match st.file_type {
+            // `/hello.txt/` names a directory that does not exist: never the file.
+            FileType::Regular if self.req.trailing_slash && !self.req.index => {
+                self.error(cx, 404, false, &[])
+            }
             FileType::Regular => {
                 let Some(file) = self.req.file.clone() else {
                     return Next::Close;

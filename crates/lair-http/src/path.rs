@@ -20,7 +20,8 @@ pub enum PathError {
     BadEscape,
     /// A decoded NUL byte: 400.
     Nul,
-    /// `%2F` or `%5C` inside a segment: 400 (it would change the segment structure).
+    /// `%2F` or `%5C` inside a segment: 404 (it would change the segment structure; no file
+    /// has such a name — Apache's default, `AllowEncodedSlashes Off`, answers the same).
     EncodedSeparator,
     /// A `..` that climbs above the root: 400.
     AboveRoot,

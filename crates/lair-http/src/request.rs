@@ -5,7 +5,9 @@
 //! request.
 //!
 //! What it decides: the limits (request line → 414, head size or field count → 431), the
-//! method (GET and HEAD; others 405), `Host` on HTTP/1.1 (400 if missing or repeated),
+//! version (`HTTP/1.x` with x > 1 is served as HTTP/1.1, RFC 9110 §2.5; another major version
+//! → 505), the method (GET and HEAD; others 405), `Host` (RFC 9112 §3.2: 400 if missing on
+//! HTTP/1.1, repeated, or not `uri-host [":" port]`),
 //! `Transfer-Encoding` in a request (501, closing: lair reads no chunked bodies, so it cannot
 //! frame what follows — no smuggling), `Content-Length` (400 if malformed or conflicting),
 //! and keep-alive (1.1 unless `close`; 1.0 only with `keep-alive`).
@@ -75,6 +77,8 @@ pub struct Head {
     pub referer: Option<Span>,
     /// `User-Agent`, for the access log.
     pub user_agent: Option<Span>,
+    /// `Expect: 100-continue`: the client waits for `100 Continue` before sending its body.
+    pub expect_continue: bool,
     /// Length of the head in bytes (request line, fields, empty line).
     pub len: usize,
 }
@@ -141,7 +145,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
             };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(reject(431)),
-        Err(httparse::Error::Version) => return Err(reject(505)),
+        Err(httparse::Error::Version) => return later_minor_version(buf, limits),
         Err(_) => return Err(reject(400)),
     };
     if n > limits.header_bytes {
@@ -174,6 +178,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
         if_range: None,
         referer: None,
         user_agent: None,
+        expect_continue: false,
         len: n,
     };
     let mut hosts = 0;
@@ -187,6 +192,9 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         if is("host") {
             hosts += 1;
+            if !valid_host(value) {
+                return Err(reject(400));
+            }
         } else if is("connection") {
             for token in value.split(|&b| b == b',') {
                 let t = token.trim_ascii();
@@ -217,6 +225,8 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
             head.referer = span;
         } else if is("user-agent") {
             head.user_agent = span;
+        } else if is("expect") {
+            head.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
     if transfer_encoding {
@@ -237,6 +247,116 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
         keep_alive && !close
     };
     Ok(Parsed::Complete(head))
+}
+
+/// `httparse` refused the version. `HTTP/1.x` with a later minor version is processed as
+/// HTTP/1.1 (RFC 9110 §2.5: a recipient treats it as the highest minor version it implements):
+/// the head is parsed again from a copy that says `HTTP/1.1` — same length, so every span is
+/// the same offset into the original buffer, and the log keeps the line as sent. Another major
+/// version is 505; anything else is not a version at all (400).
+fn later_minor_version(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    let line = &buf[..line_end.unwrap_or(buf.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(sp) = line.iter().rposition(|&b| b == b' ') else {
+        return Err(reject(400));
+    };
+    let version = &line[sp + 1..];
+    match version {
+        // (1.0 and 1.1 parse; anything here that looks like them is malformed elsewhere.)
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d] if (b'2'..=b'9').contains(d) => {
+            let mut copy = buf.to_vec();
+            copy[sp + 1 + 7] = b'1';
+            // The copy now parses; its spans are offsets, valid in `buf` too.
+            parse(&copy, limits)
+        }
+        [b'H', b'T', b'T', b'P', b'/', m, b'.', d]
+            if m.is_ascii_digit() && *m != b'1' && d.is_ascii_digit() =>
+        {
+            Err(reject(505))
+        }
+        // No line end yet: more may come.
+        _ if line_end.is_none() => Ok(Parsed::Partial),
+        _ => Err(reject(400)),
+    }
+}
+
+/// RFC 9112 §3.2 / RFC 3986 §3.2.2: `uri-host [ ":" port ]` — an IP literal in brackets, or a
+/// reg-name / IPv4 address (unreserved, sub-delims, pct-encoded), then an optional port of
+/// digits. Empty is allowed (a target without an authority).
+fn valid_host(v: &[u8]) -> bool {
+    let v = v.trim_ascii();
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        // IPv6address (hex digits, `:`, `.`), or IPvFuture: `v` HEXDIG "." then
+        // unreserved / sub-delims / `:`.
+        let future = matches!(literal.first(), Some(b'v' | b'V'));
+        let ok = !literal.is_empty()
+            && literal.iter().all(|&b| {
+                b.is_ascii_hexdigit()
+                    || matches!(b, b':' | b'.')
+                    || future && (reg_name_byte(b) || matches!(b, b'v' | b'V'))
+            });
+        if !ok {
+            return false;
+        }
+        (&[][..], &rest[end + 1..])
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &[][..]),
+        }
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    let mut i = 0;
+    while i < host.len() {
+        let b = host[i];
+        let ok = reg_name_byte(b);
+        if b == b'%' {
+            if !(i + 2 < host.len()
+                && host[i + 1].is_ascii_hexdigit()
+                && host[i + 2].is_ascii_hexdigit())
+            {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        if !ok {
+            return false;
+        }
+        i += 1;
+    }
+    port_ok
+}
+
+/// RFC 3986's unreserved and sub-delims: what a reg-name holds besides `%XX`.
+fn reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
 }
 
 /// `1*DIGIT`, no sign, no spaces inside, no overflow.
@@ -327,6 +447,68 @@ mod tests {
         assert_eq!(status("GET / HTTP/2.0\r\nHost: x\r\n\r\n"), 505);
         assert_eq!(status("GET /\0 HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status("\x01\x02garbage\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn host_values_are_uri_host_and_port() {
+        for good in [
+            "x",
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "[v1.fe80::a+en1]",
+            "a-b_c~d.e%41",
+            "",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
+            assert!(
+                matches!(parse(raw.as_bytes(), &limits()), Ok(Parsed::Complete(_))),
+                "{good:?}"
+            );
+        }
+        for bad in [
+            "bad host name",
+            "a/b",
+            "x:8o",
+            "[::1",
+            "[::1]x",
+            "a@b",
+            "%zz",
+            "x:80:81",
+            "[]",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert_eq!(status(&raw), 400, "{bad:?}");
+        }
+        // HTTP/1.0 without Host is fine; with a bad one it is not.
+        assert_eq!(status("GET / HTTP/1.0\r\nHost: a b\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn a_later_minor_version_is_http_1_1_and_another_major_is_505() {
+        let raw = "GET /a HTTP/1.2\r\nHost: x\r\nRange: bytes=0-1\r\n\r\n";
+        let h = ok(raw);
+        assert_eq!(h.minor, 1);
+        assert!(h.keep_alive);
+        // Spans are into the original bytes: the log shows the line as sent.
+        assert_eq!(h.line.get(raw.as_bytes()), b"GET /a HTTP/1.2");
+        assert_eq!(h.range.unwrap().get(raw.as_bytes()), b"bytes=0-1");
+        assert_eq!(ok("GET / HTTP/1.9\r\nHost: x\r\n\r\n").minor, 1);
+        assert_eq!(
+            status("GET / HTTP/1.2\r\n\r\n"),
+            400,
+            "as 1.1: Host is required"
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.3\r\nHost: x\r\n", &limits()),
+            Ok(Parsed::Partial)
+        );
+        assert_eq!(status("GET / HTTP/3.0\r\nHost: x\r\n\r\n"), 505);
+        assert_eq!(status("GET / HTTP/0.9\r\nHost: x\r\n\r\n"), 505);
+        assert_eq!(status("GET / HTTP/1.10\r\nHost: x\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTQ/1.1\r\nHost: x\r\n\r\n"), 400);
     }
 
     proptest::proptest! {

@@ -861,3 +861,60 @@ fn curl_against_the_binary() {
         assert_eq!(code, b"404");
     }
 }
+
+/// RFC 9110/9112 points a conformance run found (issue 12), on every backend.
+#[test]
+fn conformance_host_version_paths_and_expect() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        // §3.2: Host must be `uri-host [":" port]`.
+        for bad in ["bad host name", "a/b", "x:8o"] {
+            let mut c = srv.connect();
+            c.send(format!("GET /hello.txt HTTP/1.1\r\nHost: {bad}\r\n\r\n").as_bytes());
+            assert_eq!(c.read_response(false).status, 400, "{b}: Host {bad:?}");
+        }
+        // §2.5: HTTP/1.x with a later minor version is served as HTTP/1.1, kept alive.
+        let mut c = srv.connect();
+        c.send(b"GET /hello.txt HTTP/1.2\r\nHost: x\r\n\r\n");
+        let r = c.read_response(false);
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"hello, world\n"[..]),
+            "{b}"
+        );
+        assert_eq!(c.get("/hello.txt").status, 200, "{b}: still open");
+        c.send(b"GET /hello.txt HTTP/2.0\r\nHost: x\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 505, "{b}");
+        // A regular file followed by `/` is not the file; an encoded `/` names no file. Error
+        // bodies never echo the request.
+        let mut c = srv.connect();
+        assert_eq!(c.get("/hello.txt/").status, 404, "{b}");
+        let r = c.get("/a%2f<script>x</script>");
+        assert_eq!(r.status, 404, "{b}");
+        assert!(!r.text().contains("<script>"), "{b}: echoed markup");
+        assert_eq!(
+            c.get("/docs/").status,
+            200,
+            "{b}: a directory's index still is"
+        );
+        // §10.1.1: Expect: 100-continue gets `100 Continue` before the final answer, then the
+        // body is read and discarded and the next request is answered.
+        let mut c = srv.connect();
+        c.send(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+        let interim = c.read_response(true);
+        assert_eq!(interim.status, 100, "{b}");
+        let r = c.read_response(false);
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"hello, world\n"[..]),
+            "{b}"
+        );
+        c.send(b"abcde");
+        assert_eq!(
+            c.get("/hello.txt").status,
+            200,
+            "{b}: the body was not a request"
+        );
+    }
+}
