@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -14,6 +15,15 @@ mod lab;
 mod load;
 mod micro;
 mod serve;
+
+/// Write a line to stderr, ignoring failure: whatever reads our stderr may be gone (`| head`),
+/// and a diagnostic must never take a thread down with it (`eprintln!` panics on `EPIPE`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("{}\n", format_args!($($arg)*)));
+    }};
+}
+pub(crate) use say;
 
 /// lair: an event-driven static web server built on lazy asynchronous I/O.
 #[derive(Debug, Parser)]
@@ -47,7 +57,17 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Colours only for a terminal; and a log line that cannot be written is dropped, not
+        // reported with `eprintln!` (which panics when stderr is a closed pipe).
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .init();
+    // A panic in any thread ends the process with a message, never a half-alive server (a
+    // signal thread gone, workers still serving).
+    std::panic::set_hook(Box::new(|info| {
+        say!("lair: fatal: {info}");
+        std::process::exit(101);
+    }));
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Load(args) => load::run(*args),
@@ -62,8 +82,22 @@ fn main() -> ExitCode {
             } else {
                 1
             };
-            eprintln!("lair: error: {e:#}");
+            say!("lair: error: {}", error_chain(&e));
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes, each said once (a message that already quotes its cause, as
+/// `document root X: No such file or directory` does, is not followed by it again).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }

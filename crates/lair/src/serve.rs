@@ -105,7 +105,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = build_config(&args)?;
     if args.matches.get_flag("check") {
         println!("{cfg:#?}");
-        eprintln!("lair: configuration ok");
+        crate::say!("lair: configuration ok");
         return Ok(());
     }
     let stats_json = cfg.stats_json.clone();
@@ -136,7 +136,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     stopper.stop();
                     first = false;
                 } else {
-                    eprintln!("lair: second signal, exiting now");
+                    crate::say!("lair: second signal, exiting now");
                     std::process::exit(130);
                 }
             }
@@ -144,7 +144,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the signal thread")?;
     for a in running.local_addrs() {
         // A plain line on stderr (whatever the log level): scripts and tests wait for it.
-        eprintln!("lair: listening on http://{a}");
+        crate::say!("lair: listening on http://{a}");
     }
     tracing::info!(
         "serving {} with {workers} workers, backend {backend}, operations through it: {laio_ops}",
@@ -154,9 +154,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let report = running.wait();
     handle.close();
     let report = report?;
-    eprint!("{}", report.engine.table());
+    crate::say!("{}", report.engine.table().trim_end());
     let h = &report.http;
-    eprintln!(
+    crate::say!(
         "http: {} connections, {} requests, 2xx {} 3xx {} 4xx {} 5xx {}, {} body bytes, {} timeouts, {} overload 503s",
         h.connections,
         h.requests,

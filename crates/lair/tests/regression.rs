@@ -108,3 +108,66 @@ fn issue_11_a_sigterm_right_after_listening_is_a_graceful_stop() {
         );
     }
 }
+
+/// Issue 12, found trying lair as a new user (`lair serve … 2>&1 | head -3`, then SIGTERM):
+/// once whatever read stderr was gone, the signal thread's log line hit the broken pipe,
+/// tracing reported that with `eprintln!`, which panicked, and the thread died — every later
+/// SIGTERM was ignored while the server kept serving. A log line that cannot be written is now
+/// dropped, and a panic anywhere ends the process.
+#[test]
+fn issue_12_sigterm_still_stops_the_server_when_its_stderr_is_gone() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let site = Site::new();
+    for b in ["lazy", "sync"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lair"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--backend", b])
+            .arg(&site.root)
+            .env("LAIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // The reader is dropped here: the pipe's read end is closed.
+        assert!(first.contains("listening"), "{first}");
+        support::signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{b}: SIGTERM ignored once stderr was gone");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{b}: {status}");
+    }
+}
+
+/// Issue 12: start-up errors printed the OS error twice (`… (os error 2): No such file or
+/// directory (os error 2)`), and log lines carried ANSI colours into files and pipes.
+#[test]
+fn issue_12_errors_say_their_cause_once_and_pipes_get_no_colours() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lair"))
+        .args(["serve", "/nonexistent/root", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    let site = Site::new();
+    let mut srv = Opts::new(&site.root, "lazy").workers(1).start();
+    let lines = srv.stop();
+    assert!(
+        lines.iter().all(|l| !l.contains('\x1b')),
+        "colour codes in a pipe: {lines:?}"
+    );
+}
