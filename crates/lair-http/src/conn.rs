@@ -119,6 +119,8 @@ struct Req {
     head_len: usize,
     whole_file: bool,
     status: u16,
+    /// A refused request's line, `Referer` and `User-Agent` (no `Head` was made), for the log.
+    refused: Option<(request::Span, Option<request::Span>, Option<request::Span>)>,
     /// The client waits for `100 Continue` before sending the body it announced: the response
     /// starts with one (unless it closes), so the body follows and is discarded, never taken
     /// for the next request.
@@ -294,6 +296,10 @@ impl Conn {
         match request::parse(&self.rbuf, &cx.cfg.limits()) {
             Ok(Parsed::Partial) => self.recv(cx),
             Err(r) => {
+                // A refused request is a request, and its log line says what it was.
+                cx.stats.requests += 1;
+                self.req.refused =
+                    Some(request::reject_fields(&self.rbuf, cx.cfg.max_request_line));
                 self.req.persist = Some(Persistence::Close);
                 let extra: &[(&str, &[u8])] = if r.status == 405 {
                     &[("Allow", b"GET, HEAD")]
@@ -707,14 +713,18 @@ impl Conn {
         cx.stats.body_bytes += self.req.body_len;
         if let Some(out) = cx.log.as_deref_mut() {
             let rb = &self.rbuf;
-            let head = self.req.head.as_ref();
+            let (line, referer, user_agent) = match (&self.req.head, &self.req.refused) {
+                (Some(h), _) => (Some(h.line), h.referer, h.user_agent),
+                (None, Some((l, r, u))) => (Some(*l), *r, *u),
+                (None, None) => (None, None, None),
+            };
             let entry = log::Entry {
                 peer: self.peer,
-                line: head.map(|h| h.line.get(rb)).unwrap_or_default(),
+                line: line.map(|s| s.get(rb)).unwrap_or_default(),
                 status,
                 body_bytes: self.req.body_len,
-                referer: head.and_then(|h| h.referer.map(|s| s.get(rb))),
-                user_agent: head.and_then(|h| h.user_agent.map(|s| s.get(rb))),
+                referer: referer.map(|s| s.get(rb)),
+                user_agent: user_agent.map(|s| s.get(rb)),
             };
             log::append(out, &entry, cx.clock.at(cx.unix_now));
         }

@@ -359,6 +359,34 @@ fn reg_name_byte(b: u8) -> bool {
         )
 }
 
+/// What the access log needs of a request that was refused before (or instead of) a parsed
+/// [`Head`]: its first line and its `Referer` and `User-Agent` fields, found by a plain scan
+/// of the bytes received (at most `max_line` bytes of the line; only the head's lines).
+pub(crate) fn reject_fields(buf: &[u8], max_line: usize) -> (Span, Option<Span>, Option<Span>) {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |i| i + 2);
+    let mut lines = buf[..end].split(|&b| b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    let line = Span::of(buf, &first[..first.len().min(max_line)]);
+    let (mut referer, mut user_agent) = (None, None);
+    for l in lines {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        let Some(colon) = l.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&l[..colon], l[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"referer") {
+            referer = Some(Span::of(buf, value));
+        } else if name.eq_ignore_ascii_case(b"user-agent") {
+            user_agent = Some(Span::of(buf, value));
+        }
+    }
+    (line, referer, user_agent)
+}
+
 /// `1*DIGIT`, no sign, no spaces inside, no overflow.
 fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();

@@ -621,10 +621,36 @@ fn access_log_and_stats() {
             &[("User-Agent", "t\"1"), ("Referer", "http://r/")],
         );
         c.get("/missing");
+        // Refused requests are logged with what they were, and counted.
+        let mut refused = srv.connect();
+        refused.send(b"POST /form HTTP/1.1\r\nHost: x\r\nUser-Agent: poster\r\n\r\n");
+        assert_eq!(refused.read_response(false).status, 405);
+        let mut bad_host = srv.connect();
+        bad_host.send(b"GET /x HTTP/1.1\r\nHost: a b\r\nReferer: http://q/\r\n\r\n");
+        assert_eq!(bad_host.read_response(false).status, 400);
+        drop((refused, bad_host));
         srv.stop();
         let text = std::fs::read_to_string(&log).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{b}: {text}");
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{b}: {text}");
+        // Workers flush their own buffers: the refused ones may come first.
+        let (refused_lines, rest): (Vec<&str>, Vec<&str>) = lines
+            .drain(..)
+            .partition(|l| l.contains(" 405 ") || l.contains(" 400 "));
+        lines = rest;
+        assert!(
+            refused_lines
+                .iter()
+                .any(|l| l.ends_with("\"POST /form HTTP/1.1\" 405 124 \"-\" \"poster\"")),
+            "{b}: {refused_lines:?}"
+        );
+        assert!(
+            refused_lines
+                .iter()
+                .any(|l| l.contains("\"GET /x HTTP/1.1\" 400 ")
+                    && l.ends_with("\"http://q/\" \"-\"")),
+            "{b}: {refused_lines:?}"
+        );
         assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
         assert!(
             lines[0].ends_with("\"GET /hello.txt HTTP/1.1\" 200 13 \"http://r/\" \"t\\x221\""),
@@ -635,8 +661,8 @@ fn access_log_and_stats() {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
         assert_eq!(json["engine"]["backend"], b);
-        assert_eq!(json["http"]["requests"], 2);
-        assert_eq!(json["http"]["status_4xx"], 1);
+        assert_eq!(json["http"]["requests"], 4);
+        assert_eq!(json["http"]["status_4xx"], 3);
         assert!(json["engine"]["ops"]["open"]["submitted"].as_u64().unwrap() >= 2);
     }
 }
