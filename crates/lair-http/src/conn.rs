@@ -227,7 +227,10 @@ impl Conn {
 
     fn recv(&mut self, cx: &mut Cx<'_>) -> Next {
         self.phase = Phase::Reading;
-        let idle = self.rbuf.is_empty() && self.served > 0;
+        // Idle between requests: the keep-alive timeout. Still receiving a head, or the body
+        // of the last request to discard: the header timeout from when it began — a body that
+        // trickles in must not re-arm the keep-alive deadline with every byte.
+        let idle = self.rbuf.is_empty() && self.served > 0 && self.discard == 0;
         self.deadline = Some(if idle {
             cx.now + cx.cfg.keepalive_timeout
         } else {
