@@ -119,6 +119,10 @@ lair_conf::settings! {
         file_cache_ttl: Duration = "1s" as Time;
         /// Most files each worker keeps open in its cache.
         file_cache_entries: usize = "1024" as Count;
+        /// Join a port that another process already listens on (both with SO_REUSEPORT; the
+        /// kernel spreads connections over them): for a rolling restart. Off, such a port is
+        /// an error at start-up, as it is for nginx.
+        share_port: bool = "false" as Switch;
         /// Listen backlog (the kernel caps it at `net.core.somaxconn`).
         backlog: i32 = "4096" as CountIn<1, 65535>;
         /// Write the engine counters and HTTP statistics as JSON to this file at exit.

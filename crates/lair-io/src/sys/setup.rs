@@ -42,6 +42,24 @@ pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Whether `addr` is free to listen on for this process alone: a plain bind (`SO_REUSEADDR`,
+/// not `SO_REUSEPORT`) fails with `EADDRINUSE` while any socket listens there — also another
+/// process's `SO_REUSEPORT` listener, which the server's own `SO_REUSEPORT` sockets would
+/// otherwise silently join (the kernel then spreads connections over both processes).
+pub fn check_port_free(addr: SocketAddr) -> io::Result<()> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let fd = rnet::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)
+        .map_err(io_err)?;
+    rnet::sockopt::set_socket_reuseaddr(&fd, true).map_err(io_err)?;
+    if addr.is_ipv6() {
+        rnet::sockopt::set_ipv6_v6only(&fd, true).map_err(io_err)?;
+    }
+    rnet::bind(&fd, &addr).map_err(io_err)
+}
+
 /// The address a socket is bound to (the real port after binding port 0).
 pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     let a = rnet::getsockname(fd).map_err(io_err)?;
