@@ -161,6 +161,9 @@ pub(crate) struct ServerState {
     pub log: Option<SharedFd>,
     pub stop: AtomicBool,
     pub wakers: Mutex<Vec<Waker>>,
+    /// Connections open over all workers: `--max-connections` is a total, whichever worker
+    /// the kernel hands a connection to.
+    pub open: std::sync::atomic::AtomicUsize,
 }
 
 /// A server with its sockets bound, not yet running.
@@ -195,6 +198,19 @@ impl Server {
         let mut listeners: Vec<Vec<OwnedFd>> = (0..cfg.workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for &want in &cfg.listen {
+            if want.port() != 0 && !cfg.share_port {
+                setup::check_port_free(want).map_err(|e| Error::Listen {
+                    addr: want,
+                    source: if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                        io::Error::new(
+                            e.kind(),
+                            "address in use (another server listens there; --share-port joins it)",
+                        )
+                    } else {
+                        e
+                    },
+                })?;
+            }
             let mut addr = want;
             for per_worker in listeners.iter_mut() {
                 let fd = setup::bind_listener(addr, cfg.backlog)
@@ -214,6 +230,7 @@ impl Server {
                 log: log.map(Arc::new),
                 stop: AtomicBool::new(false),
                 wakers: Mutex::new(Vec::new()),
+                open: std::sync::atomic::AtomicUsize::new(0),
             }),
             listeners,
             addrs,

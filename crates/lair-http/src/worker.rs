@@ -69,7 +69,8 @@ pub(crate) struct Worker<B: Backend, S: Scheduler> {
     slots: Vec<ConnSlot>,
     free: Vec<u32>,
     live: usize,
-    /// Connections allowed before answering 503, and before refusing to accept at all.
+    /// Connections allowed over all workers (`ServerState::open`) before answering 503, and
+    /// the allowance past it before refusing to accept at all.
     cap: usize,
     overflow_cap: usize,
     date: DateCache,
@@ -92,8 +93,7 @@ fn token(idx: u32, gen: u32) -> Token {
 
 impl<B: Backend, S: Scheduler> Worker<B, S> {
     pub fn new(id: usize, engine: B, shared: Arc<ServerState>, listeners: Vec<OwnedFd>) -> Self {
-        let workers = shared.cfg.workers.max(1);
-        let cap = shared.cfg.max_connections.div_ceil(workers).max(1);
+        let cap = shared.cfg.max_connections.max(1);
         let now = Instant::now();
         let log = shared.log.as_ref().map(|fd| LogState {
             fd: Arc::clone(fd),
@@ -248,7 +248,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             if self.stopping || l.armed || l.paused_until.is_some() {
                 return;
             }
-            if self.live >= self.cap + self.overflow_cap {
+            if self.open() >= self.cap + self.overflow_cap {
                 // Past the cap and the 503 allowance: stop accepting until a connection closes.
                 return;
             }
@@ -304,6 +304,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         slot.conn = Some(Conn::new(fd, peer, self.now));
         let gen = slot.gen;
         self.live += 1;
+        self.shared.open.fetch_add(1, Ordering::Relaxed);
         // Whether it is over the cap is decided when it runs: closes queued before it (from
         // the same `poll`) count first.
         self.sched.arrived(Work {
@@ -362,7 +363,9 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             stopping: self.stopping,
         };
         let next = match w.input {
-            Input::Start if self.live > self.cap => conn.overloaded(&mut cx),
+            Input::Start if shared.open.load(Ordering::Relaxed) > self.cap => {
+                conn.overloaded(&mut cx)
+            }
             Input::Start => conn.step(&mut cx, None),
             Input::Done(c) => conn.step(&mut cx, Some(c)),
         };
@@ -390,16 +393,22 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         self.slots[idx as usize].gen = self.slots[idx as usize].gen.wrapping_add(1).max(1);
         self.free.push(idx);
         self.live -= 1;
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
         // Cancels a parked operation; a helper still running on the socket holds its own
         // reference, and its late completion is dropped by the generation check.
         self.submit_close(conn.sock);
-        if self.live < self.cap + self.overflow_cap {
+        if self.open() < self.cap + self.overflow_cap {
             for l in &mut self.listeners {
                 if !l.armed && l.paused_until.is_none() {
                     l.again = true;
                 }
             }
         }
+    }
+
+    /// Connections open over all workers.
+    fn open(&self) -> usize {
+        self.shared.open.load(Ordering::Relaxed)
     }
 
     fn close_all(&mut self) {
@@ -425,9 +434,13 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
                 self.close(i as u32);
             }
         }
+        // Below the cap again (another worker may have closed connections): accept again.
+        let room = self.open() < self.cap + self.overflow_cap;
         for l in &mut self.listeners {
             if l.paused_until.is_some_and(|t| t <= now) {
                 l.paused_until = None;
+                l.again = true;
+            } else if room && !l.armed && l.paused_until.is_none() {
                 l.again = true;
             }
         }

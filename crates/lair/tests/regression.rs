@@ -129,12 +129,18 @@ fn issue_12_sigterm_still_stops_the_server_when_its_stderr_is_gone() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        // The reader is dropped here: the pipe's read end is closed.
-        assert!(first.contains("listening"), "{first}");
+        // Read up to the listening line (start-up lines may come first), then drop the
+        // reader: the pipe's read end is closed.
+        let mut reader = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        for _ in 0..20 {
+            line.clear();
+            if reader.read_line(&mut line).unwrap() == 0 || line.contains("listening") {
+                break;
+            }
+        }
+        assert!(line.contains("listening"), "{line}");
+        drop(reader);
         support::signal(child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         let status = loop {
@@ -170,4 +176,74 @@ fn issue_12_errors_say_their_cause_once_and_pipes_get_no_colours() {
         lines.iter().all(|l| !l.contains('\x1b')),
         "colour codes in a pipe: {lines:?}"
     );
+}
+
+/// Issue 12, found trying lair as a new user: a GET whose announced body arrived one byte at a
+/// time dodged every timeout (discarding it re-armed the keep-alive deadline on every byte), so
+/// ten such clients held a `--max-connections 10` server at 503 as long as they liked. The
+/// header timeout now covers the head and the body that is discarded.
+#[test]
+fn issue_12_a_trickling_request_body_meets_the_header_timeout() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let site = Site::new();
+    for b in ["lazy", "sync"] {
+        let srv = Opts::new(&site.root, b)
+            .args(["--header-timeout", "1s", "--keepalive-timeout", "60s"])
+            .start();
+        let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+        s.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut closed = false;
+        // One body byte every 100 ms for up to 8 s: far longer than the header timeout.
+        while start.elapsed() < Duration::from_secs(8) {
+            if s.write_all(b"x").is_err() {
+                closed = true;
+                break;
+            }
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{b}: answered first");
+        assert!(closed, "{b}: a trickling body kept the connection for 8 s");
+    }
+}
+
+/// Issue 12, found trying lair as a new user: a second `lair serve` on a port another lair
+/// held started without a word, and the kernel spread connections over both (SO_REUSEPORT
+/// between processes of one user). A port in use is now an error, unless `--share-port`.
+#[test]
+fn issue_12_a_port_in_use_is_an_error_unless_shared() {
+    let site = Site::new();
+    let first = Opts::new(&site.root, "lazy").start();
+    let port = first.addr.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_lair"))
+        .args(["serve", "--listen", &port])
+        .arg(&site.root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("address in use"), "{err}");
+    let mut o = Opts::new(&site.root, "lazy").arg("--share-port");
+    o.listen = vec![port];
+    let mut second = o.start();
+    assert_eq!(second.addr, first.addr);
+    second.stop();
 }
