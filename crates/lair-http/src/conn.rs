@@ -19,6 +19,7 @@ use std::time::Instant;
 use lair_io::{Buf, BufMut, Bytes, Completion, FileType, Gather, Op, Out, SharedFd};
 
 use crate::cache::{Entry, FileCache};
+use crate::chunked;
 use crate::config::ServerConfig;
 use crate::log::{self, LogClock};
 use crate::path::{self, PathError};
@@ -119,6 +120,8 @@ struct Req {
     head_len: usize,
     whole_file: bool,
     status: u16,
+    /// Bytes of a chunked body after the head, already received whole (dropped with the head).
+    chunked_wire: usize,
     /// A refused request's line, `Referer` and `User-Agent` (no `Head` was made), for the log.
     refused: Option<(request::Span, Option<request::Span>, Option<request::Span>)>,
     /// The client waits for `100 Continue` before sending the body it announced: the response
@@ -316,6 +319,38 @@ impl Conn {
     }
 
     fn begin(&mut self, cx: &mut Cx<'_>, head: Head) -> Next {
+        // A chunked body is read whole (it is small: at most the discard limit) before the
+        // answer, so that a malformed one gets its 400 and the next request is found.
+        let mut chunked_wire = 0;
+        if head.chunked {
+            let body = self.rbuf.get(head.len..).unwrap_or_default();
+            match chunked::scan(body, cx.cfg.max_discard_body) {
+                chunked::Scan::Complete { wire } => chunked_wire = wire,
+                // Sizes, extensions and CRLFs around at most the limit of data: a body that
+                // keeps coming past twice the limit (endless extensions, one-byte chunks) is
+                // refused rather than held.
+                chunked::Scan::Partial
+                    if body.len() as u64 <= cx.cfg.max_discard_body.saturating_mul(2) + 16384 =>
+                {
+                    return self.recv(cx)
+                }
+                chunked::Scan::Partial => {
+                    cx.stats.requests += 1;
+                    self.req.head = Some(head);
+                    return self.error(cx, 413, true, &[]);
+                }
+                bad => {
+                    cx.stats.requests += 1;
+                    let status = if bad == chunked::Scan::TooLarge {
+                        413
+                    } else {
+                        400
+                    };
+                    self.req.head = Some(head);
+                    return self.error(cx, status, true, &[]);
+                }
+            }
+        }
         cx.stats.requests += 1;
         let persist = match (head.keep_alive, head.minor) {
             (false, _) => Persistence::Close,
@@ -331,6 +366,7 @@ impl Conn {
         self.req = Req {
             persist: Some(persist),
             close_after: persist == Persistence::Close,
+            chunked_wire,
             ..Req::default()
         };
         // Only an HTTP/1.1 client may be sent a 1xx, and only one that has not sent the body yet.
@@ -745,7 +781,8 @@ impl Conn {
         let mut req = std::mem::take(&mut self.req);
         self.req.key = std::mem::take(&mut req.key);
         if let Some(head) = req.head {
-            self.rbuf.drain(..head.len.min(self.rbuf.len()));
+            let used = head.len + req.chunked_wire;
+            self.rbuf.drain(..used.min(self.rbuf.len()));
             self.discard = head.content_length;
         }
         self.head_started = cx.now;

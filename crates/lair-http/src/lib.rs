@@ -23,6 +23,7 @@ use lair_io::{setup, with_backend, Backend, Counters, SharedFd, Waker, WithBacke
 use serde::Serialize;
 
 pub mod cache;
+pub mod chunked;
 pub mod config;
 mod conn;
 pub mod log;

@@ -8,8 +8,10 @@
 //! version (`HTTP/1.x` with x > 1 is served as HTTP/1.1, RFC 9110 §2.5; another major version
 //! → 505), the method (GET and HEAD; others 405), `Host` (RFC 9112 §3.2: 400 if missing on
 //! HTTP/1.1, repeated, or not `uri-host [":" port]`),
-//! `Transfer-Encoding` in a request (501, closing: lair reads no chunked bodies, so it cannot
-//! frame what follows — no smuggling), `Content-Length` (400 if malformed or conflicting),
+//! `Transfer-Encoding` (`chunked` only — its body is found by [`crate::chunked`] and
+//! discarded; any other coding 501, and with `Content-Length` too 400, both closing: what
+//! follows cannot be framed, so nothing is smuggled), `Content-Length` (400 if malformed or
+//! conflicting),
 //! and keep-alive (1.1 unless `close`; 1.0 only with `keep-alive`).
 
 use std::mem::MaybeUninit;
@@ -79,6 +81,8 @@ pub struct Head {
     pub user_agent: Option<Span>,
     /// `Expect: 100-continue`: the client waits for `100 Continue` before sending its body.
     pub expect_continue: bool,
+    /// The body is in the chunked transfer coding (`Transfer-Encoding: chunked`).
+    pub chunked: bool,
     /// Length of the head in bytes (request line, fields, empty line).
     pub len: usize,
 }
@@ -179,10 +183,13 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
         referer: None,
         user_agent: None,
         expect_continue: false,
+        chunked: false,
         len: n,
     };
     let mut hosts = 0;
     let mut transfer_encoding = false;
+    // Codings named over every Transfer-Encoding field: chunked ones, and any other.
+    let (mut chunked, mut other_coding) = (0, false);
     let mut content_length: Option<u64> = None;
     let (mut close, mut keep_alive) = (false, false);
     for f in req.headers.iter() {
@@ -209,6 +216,13 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
             content_length = Some(v);
         } else if is("transfer-encoding") {
             transfer_encoding = true;
+            for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked += 1;
+                } else if !coding.is_empty() {
+                    other_coding = true;
+                }
+            }
         } else if is("if-match") {
             head.if_match = span;
         } else if is("if-none-match") {
@@ -230,7 +244,18 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
         }
     }
     if transfer_encoding {
-        return Err(reject(if content_length.is_some() { 400 } else { 501 }));
+        if content_length.is_some() {
+            return Err(reject(400));
+        }
+        if other_coding {
+            return Err(reject(501));
+        }
+        // Chunked once, as the only coding; applied twice (or named without a value) the
+        // body cannot be framed.
+        if chunked != 1 {
+            return Err(reject(400));
+        }
+        head.chunked = true;
     }
     if minor == 1 && hosts != 1 || hosts > 1 {
         return Err(reject(400));
@@ -452,9 +477,14 @@ mod tests {
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
         assert_eq!(status("POST / HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
         assert_eq!(status("BREW / HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert!(ok("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").chunked);
         assert_eq!(
-            status("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            status("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             501
+        );
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"),
+            400
         );
         assert_eq!(
             status("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),

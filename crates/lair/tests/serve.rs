@@ -84,7 +84,7 @@ fn status_codes_for_bad_requests() {
             ("GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n", 400, true),
             ("GET nope HTTP/1.1\r\nHost: x\r\n\r\n", 400, true),
             (
-                "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n",
                 501,
                 true,
             ),
@@ -971,5 +971,70 @@ fn the_connection_cap_is_a_total_over_workers() {
         let mut over = srv.connect();
         over.send(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(over.read_response(false).status, 503, "{b} round {round}");
+    }
+}
+
+/// RFC 9112 §7.1: a chunked request body is parsed and discarded (pipelined requests after
+/// it answered), a malformed one is 400 and a close, one past the limit 413, an unknown
+/// coding 501 — on every backend.
+#[test]
+fn chunked_request_bodies_are_read_and_discarded() {
+    let site = Site::new();
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b)
+            .args(["--max-discard-body", "1k"])
+            .start();
+        // A body in pieces, with an extension and a trailer, then a pipelined request.
+        let mut c = srv.connect();
+        c.send(
+            b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhel",
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        c.send(b"lo\r\n0\r\nX-T: 1\r\n\r\nGET /digits.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = c.read_response(false);
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"hello, world\n"[..]),
+            "{b}"
+        );
+        let r = c.read_response(false);
+        assert_eq!(
+            (r.status, r.body.len()),
+            (200, 100),
+            "{b}: the pipelined request"
+        );
+        for (body, want) in [
+            ("zz\r\n", 400),
+            ("-1\r\n", 400),
+            ("0x5\r\nhello\r\n0\r\n\r\n", 400),
+            ("ffffffffffffffffffff\r\n", 400),
+            ("5\r\nhelloXX0\r\n\r\n", 400),
+        ] {
+            let mut c = srv.connect();
+            c.send(
+                format!("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+                    .as_bytes(),
+            );
+            assert_eq!(c.read_response(false).status, want, "{b}: {body:?}");
+            assert!(
+                c.closed_within(Duration::from_secs(5)),
+                "{b}: {body:?} closes"
+            );
+        }
+        let mut c = srv.connect();
+        let big = format!("800\r\n{}\r\n0\r\n\r\n", "x".repeat(0x800));
+        c.send(
+            format!("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{big}")
+                .as_bytes(),
+        );
+        assert_eq!(c.read_response(false).status, 413, "{b}");
+        let mut c = srv.connect();
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 501, "{b}");
+        let mut c = srv.connect();
+        c.send(
+            b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert_eq!(c.read_response(false).status, 400, "{b}");
     }
 }
