@@ -9,7 +9,9 @@ written in 4 KiB pieces (small folios) and one in a single write (large folios).
     python3 scripts/cachestat-cost.py [FILE ...]
 
 It also times the check lazy adds after cachestat while disk reads may be in flight: a
-one-byte preadv2(RWF_NOWAIT) of a cached page, against getpid through the same Python path.
+one-byte preadv2(RWF_NOWAIT) of a cached page, against getpid through the same Python path;
+and the residency check lazy uses when cachestat is refused (EPERM: a server of files it does
+not own): mmap + mincore + munmap of the same range.
 """
 import ctypes
 import os
@@ -36,6 +38,12 @@ def measure(libc, path):
     size = os.fstat(fd).st_size
     cs = Cachestat()
     rows = []
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    vec = ctypes.create_string_buffer(1024)
     for length in (4096, 65536, 131072, 524288, 2 << 20):
         if length > size:
             break
@@ -45,16 +53,22 @@ def measure(libc, path):
         for _ in range(n):
             if libc.syscall(SYS_CACHESTAT, fd, ctypes.byref(r), ctypes.byref(cs), 0) != 0:
                 sys.exit(f"cachestat: {os.strerror(ctypes.get_errno())} (needs Linux 6.5)")
-        rows.append((length, (time.perf_counter() - t) / n * 1e9, cs.cache))
+        ns = (time.perf_counter() - t) / n * 1e9
+        t = time.perf_counter()
+        for _ in range(n):
+            addr = libc.mmap(None, length, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+            libc.mincore(addr, length, vec)
+            libc.munmap(addr, length)
+        rows.append((length, ns, cs.cache, (time.perf_counter() - t) / n * 1e9))
     os.close(fd)
     base = rows[0][1]
     print(f"\n{path}\n")
-    print("| range | pages cached | ns per call | ns per extra page |")
-    print("|---:|---:|---:|---:|")
-    for length, ns, cached in rows:
+    print("| range | pages cached | cachestat ns per call | ns per extra page | mmap+mincore+munmap ns |")
+    print("|---:|---:|---:|---:|---:|")
+    for length, ns, cached, mincore in rows:
         pages = length // 4096
         extra = f"{(ns - base) / (pages - 1):.0f}" if pages > 1 else "-"
-        print(f"| {length // 1024} KiB | {cached} | {ns:.0f} | {extra} |")
+        print(f"| {length // 1024} KiB | {cached} | {ns:.0f} | {extra} | {mincore:.0f} |")
 
 
 def probe_cost(path):

@@ -1038,3 +1038,52 @@ fn chunked_request_bodies_are_read_and_discarded() {
         assert_eq!(c.read_response(false).status, 400, "{b}");
     }
 }
+
+/// Issue 12: run as a user that does not own the files (`www-data` serving root's files),
+/// `cachestat(2)` is refused (EPERM) and `lazy` lost its inline `sendfile` — every cached
+/// large response went through a helper thread, and the log blamed the kernel version. The
+/// residency check falls back to `mincore(2)`, which needs only read access.
+#[test]
+fn lazy_sends_cached_files_inline_for_a_user_who_does_not_own_them() {
+    const NAME: &str = "lazy_sends_cached_files_inline_for_a_user_who_does_not_own_them";
+    if rustix_like_euid() != 0 {
+        return support::skipped(
+            NAME,
+            "needs root, to run the server as nobody over root's files",
+        );
+    }
+    let site = Site::new();
+    for p in [site.dir.path(), site.root.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let stats = std::env::temp_dir().join(format!("lair-nonowner-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&stats);
+    let mut srv = Opts::new(&site.root, "lazy")
+        .workers(1)
+        .wrapper([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .args(["--stats-json", stats.to_str().unwrap()])
+        .start();
+    let mut c = srv.connect();
+    for _ in 0..4 {
+        // 3 MiB: past small_file_bytes, sent with sendfile, and cached after the first.
+        assert_eq!(c.get("/big.bin").body.len(), 3 << 20);
+    }
+    let lines = srv.stop();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&stats);
+    let sendfile = &json["engine"]["ops"]["sendfile"];
+    assert!(
+        sendfile["inline"].as_u64().unwrap() > 0,
+        "every sendfile went to a helper as a non-owner: {sendfile} {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("mincore")),
+        "the log says why: {lines:?}"
+    );
+}

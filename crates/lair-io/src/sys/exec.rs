@@ -33,8 +33,11 @@ pub struct Caps {
     pub nowait_write: bool,
     /// `openat2(RESOLVE_CACHED)`.
     pub cached_open: bool,
-    /// `cachestat(2)`, to know whether a `sendfile` would wait for the disk.
+    /// A residency check, to know whether a `sendfile` would wait for the disk: `cachestat(2)`,
+    /// or `mincore(2)` when `mincore` is set.
     pub cachestat: bool,
+    /// `cachestat` refused (`EPERM`: not the files' owner): residency is read with `mincore`.
+    pub mincore: bool,
     /// Not a capability: when a call last had to go to a helper because it would have waited
     /// for the disk. Pages can be on their way from the disk only while such calls happen, so
     /// only then is `cachestat`'s answer checked with a read (see [`os::range_cached`]).
@@ -57,6 +60,7 @@ impl Caps {
             nowait_write: false,
             cached_open: false,
             cachestat: false,
+            mincore: false,
             last_miss: None,
         }
     }
@@ -147,11 +151,7 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             // Inline only if all of the caller's window (`len`, sized by `--sendfile-chunk`)
             // is cached: a partly cached window would wait for the disk.
             if nowait {
-                let cached = caps.cachestat
-                    && matches!(
-                        os::range_cached(&file, offset, len as u64, caps.missed_lately()),
-                        Ok(true)
-                    );
+                let cached = caps.cachestat && residency(caps, &file, offset, len as u64);
                 if !cached {
                     return Step::Helper(Op::Sendfile {
                         sock,
@@ -270,6 +270,25 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
                 None => Step::Helper(Op::Call(f)),
             }
         }
+    }
+}
+
+/// Whether `len` bytes of `file` from `offset` are cached and readable now. A file this
+/// process may not `cachestat` (`EPERM`: not its owner) switches the check to `mincore` for
+/// good, with one log line; any other failure counts as "not cached" (the helper runs it).
+fn residency(caps: &mut Caps, file: &std::os::fd::OwnedFd, offset: u64, len: u64) -> bool {
+    let lately = caps.missed_lately();
+    match os::range_cached(file, offset, len, lately, caps.mincore) {
+        Ok(cached) => cached,
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && !caps.mincore => {
+            caps.mincore = true;
+            tracing::info!(
+                "lazy: cachestat(2) refused (EPERM: lair does not own the files and has them \
+                 open read-only); page-cache residency is checked with mincore(2) instead"
+            );
+            matches!(os::range_cached(file, offset, len, lately, true), Ok(true))
+        }
+        Err(_) => false,
     }
 }
 

@@ -56,6 +56,7 @@ fn probe(config: &EngineConfig) -> Caps {
         nowait_write: true,
         cached_open: true,
         cachestat: true,
+        mincore: false,
         last_miss: None,
     };
     let ((major, minor), release) = os::kernel_version();
@@ -99,11 +100,39 @@ fn probe(config: &EngineConfig) -> Caps {
     }
     let file = from_root.or_else(|| os::open_absolute(c"/proc/self/exe").ok());
     if let Some(file) = &file {
-        if let Err(e) = os::cached_pages(file, 0, 1) {
-            caps.cachestat = false;
-            tracing::warn!(
-                "lazy: cachestat(2) failed ({e}; needs Linux 6.5): sendfile always goes to a helper thread"
-            );
+        match os::cached_pages(file, 0, 1) {
+            Ok(_) => {}
+            // cachestat wants the file's owner (or a file open for writing, or
+            // CAP_SYS_ADMIN): a server of someone else's files reads residency with mincore.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                match os::cached_pages_mincore(file, 0, 1) {
+                    Ok(_) => {
+                        caps.mincore = true;
+                        tracing::info!(
+                            "lazy: cachestat(2) refused (EPERM: lair does not own the document \
+                         root's files); page-cache residency is checked with mincore(2) instead"
+                        );
+                    }
+                    Err(m) => {
+                        caps.cachestat = false;
+                        tracing::warn!(
+                            "lazy: cachestat(2) refused ({e}) and mincore(2) failed ({m}): \
+                         sendfile always goes to a helper thread"
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                caps.cachestat = false;
+                let why = if e.raw_os_error() == Some(libc::ENOSYS) {
+                    "needs Linux 6.5"
+                } else {
+                    "unexpected"
+                };
+                tracing::warn!(
+                    "lazy: cachestat(2) failed ({e}; {why}): sendfile always goes to a helper thread"
+                );
+            }
         }
         if probed_root && caps.nowait_read {
             let mut b = crate::buf::BufMut::Vec(Vec::with_capacity(1));
@@ -119,10 +148,14 @@ fn probe(config: &EngineConfig) -> Caps {
         }
     }
     tracing::info!(
-        "lazy: Linux {release}; inline attempts: openat2(RESOLVE_CACHED) {}, preadv2(RWF_NOWAIT) {}, cachestat {}",
+        "lazy: Linux {release}; inline attempts: openat2(RESOLVE_CACHED) {}, preadv2(RWF_NOWAIT) {}, sendfile residency {}",
         yes(caps.cached_open),
         yes(caps.nowait_read),
-        yes(caps.cachestat)
+        match (caps.cachestat, caps.mincore) {
+            (false, _) => "none",
+            (true, false) => "cachestat",
+            (true, true) => "mincore",
+        }
     );
     caps
 }
