@@ -121,17 +121,19 @@ fn issue_12_sigterm_still_stops_the_server_when_its_stderr_is_gone() {
     use std::time::{Duration, Instant};
     let site = Site::new();
     for b in ["lazy", "sync"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lair"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--backend", b])
-            .arg(&site.root)
-            .env("LAIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_lair"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--backend", b])
+                .arg(&site.root)
+                .env("LAIR_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         // Read up to the listening line (start-up lines may come first), then drop the
         // reader: the pipe's read end is closed.
-        let mut reader = BufReader::new(child.stderr.take().unwrap());
+        let mut reader = BufReader::new(child.0.stderr.take().unwrap());
         let mut line = String::new();
         for _ in 0..20 {
             line.clear();
@@ -141,17 +143,17 @@ fn issue_12_sigterm_still_stops_the_server_when_its_stderr_is_gone() {
         }
         assert!(line.contains("listening"), "{line}");
         drop(reader);
-        support::signal(child.id(), "TERM");
+        support::signal(child.0.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
+            if let Some(s) = child.0.try_wait().unwrap() {
                 break s;
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{b}: SIGTERM ignored once stderr was gone");
-            }
+            // The guard kills it on the way out.
+            assert!(
+                Instant::now() <= deadline,
+                "{b}: SIGTERM ignored once stderr was gone"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "{b}: {status}");
@@ -233,7 +235,10 @@ fn issue_12_a_port_in_use_is_an_error_unless_shared() {
     let site = Site::new();
     let first = Opts::new(&site.root, "lazy").start();
     let port = first.addr.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_lair"))
+    // Bounded: were the port silently shared again, this server would run until killed.
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_lair"))
         .args(["serve", "--listen", &port])
         .arg(&site.root)
         .output()
@@ -246,4 +251,16 @@ fn issue_12_a_port_in_use_is_an_error_unless_shared() {
     let mut second = o.start();
     assert_eq!(second.addr, first.addr);
     second.stop();
+}
+
+/// A server started by hand, killed if a test fails before it stops.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
