@@ -31,7 +31,7 @@ enum LabCommand {
         /// The experiment's [quick] variant: seconds, for tests and trials.
         #[arg(long)]
         quick: bool,
-        /// Override a parameter, e.g. `--set trace=../shared/traces/epa-19950830-half`.
+        /// Override a parameter, e.g. `--set trace=/tmp/site-trace` (a folder `lair lab import` made).
         #[arg(long = "set", value_parser = parse_kv)]
         set: Vec<(String, String)>,
         /// Only these servers (comma-separated names).

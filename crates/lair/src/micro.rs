@@ -50,7 +50,7 @@ enum Bench {
 
 #[derive(Debug, Args)]
 struct OpenStatArgs {
-    /// A trace folder (files.tsv + trace.tsv, e.g. ../shared/traces/nasa-19950801); default:
+    /// A trace folder (files.tsv + trace.tsv, e.g. one `lair lab import` made); default:
     /// the Rice-shaped trace at --scale.
     #[arg(long)]
     trace: Option<PathBuf>,
