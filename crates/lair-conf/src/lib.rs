@@ -27,7 +27,7 @@ pub mod value;
 pub use kind::{Input, Kind};
 /// The TOML crate this one reads files with (for kinds defined elsewhere).
 pub use toml;
-pub use value::{format_size, parse_bool, parse_duration, parse_nonzero_size, parse_size};
+pub use value::{parse_bool, parse_duration, parse_nonzero_size, parse_size};
 
 /// One declared setting (made by [`settings!`]).
 #[derive(Clone, Copy, Debug)]
@@ -58,24 +58,12 @@ impl Setting {
 
     /// The doc as paragraphs of joined lines.
     pub fn paragraphs(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut cur = String::new();
-        for line in self.doc.lines().map(str::trim) {
-            if line.is_empty() {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-                continue;
-            }
-            if !cur.is_empty() {
-                cur.push(' ');
-            }
-            cur.push_str(line);
-        }
-        if !cur.is_empty() {
-            out.push(cur);
-        }
-        out
+        let lines: Vec<&str> = self.doc.lines().map(str::trim).collect();
+        lines
+            .split(|l| l.is_empty())
+            .filter(|p| !p.is_empty())
+            .map(|p| p.join(" "))
+            .collect()
     }
 
     /// The first paragraph: the short help.

@@ -64,16 +64,6 @@ pub fn parse_nonzero_size(s: &str) -> Result<u64, String> {
     }
 }
 
-/// A size as the sample config and `--help` print it: the largest unit that divides it.
-pub fn format_size(n: u64) -> String {
-    for (unit, m) in [("g", 1u64 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
-        if n >= m && n % m == 0 {
-            return format!("{}{unit}", n / m);
-        }
-    }
-    n.to_string()
-}
-
 /// `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`).
 pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -111,10 +101,6 @@ mod tests {
         for bad in ["", "k", "-1", "1.5k", "4x", "99999999999999999999g"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
-        for n in [0, 1000, 4096, 16 << 10, 512 << 10, 3 << 30] {
-            assert_eq!(parse_size(&format_size(n)), Ok(n));
-        }
-        assert_eq!(format_size(16384), "16k");
         assert!(parse_nonzero_size("0").is_err() && parse_nonzero_size("1k") == Ok(1024));
     }
 

@@ -323,7 +323,8 @@ fn valid_host(v: &[u8]) -> bool {
             && literal.iter().all(|&b| {
                 b.is_ascii_hexdigit()
                     || matches!(b, b':' | b'.')
-                    || future && (reg_name_byte(b) || matches!(b, b'v' | b'V'))
+                    || future
+                        && (crate::path::unreserved_or_sub_delim(b) || matches!(b, b'v' | b'V'))
             });
         if !ok {
             return false;
@@ -343,7 +344,7 @@ fn valid_host(v: &[u8]) -> bool {
     let mut i = 0;
     while i < host.len() {
         let b = host[i];
-        let ok = reg_name_byte(b);
+        let ok = crate::path::unreserved_or_sub_delim(b);
         if b == b'%' {
             if !(i + 2 < host.len()
                 && host[i + 1].is_ascii_hexdigit()
@@ -360,28 +361,6 @@ fn valid_host(v: &[u8]) -> bool {
         i += 1;
     }
     port_ok
-}
-
-/// RFC 3986's unreserved and sub-delims: what a reg-name holds besides `%XX`.
-fn reg_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-        )
 }
 
 /// What the access log needs of a request that was refused before (or instead of) a parsed

@@ -18,8 +18,6 @@ use std::collections::VecDeque;
 
 use lair_io::Completion;
 
-use crate::conn::Phase;
-
 /// What a connection's next step starts from.
 pub(crate) enum Input {
     /// A new connection: start reading a request (or answer 503 if it is over the cap when
@@ -29,14 +27,11 @@ pub(crate) enum Input {
     Done(Completion),
 }
 
-/// One step to run: connection `idx` (of generation `gen`), waiting in `phase`, has `input`.
+/// One step to run: connection `idx` (of generation `gen`) has `input`. (A stage scheduler
+/// will want the stage too: the connection's `Phase`, added here when it comes.)
 pub(crate) struct Work {
     pub idx: u32,
     pub gen: u32,
-    /// The stage the connection is in (what its completion is the end of): what a stage
-    /// scheduler batches by; depth first has no use for it.
-    #[allow(dead_code)]
-    pub phase: Phase,
     pub input: Input,
 }
 
@@ -95,7 +90,6 @@ mod tests {
         Work {
             idx,
             gen: 1,
-            phase: Phase::Reading,
             input: Input::Start,
         }
     }

@@ -225,13 +225,11 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         match self.slots.get(idx as usize) {
             Some(ConnSlot {
                 gen: g,
-                conn: Some(conn),
+                conn: Some(_),
             }) if *g == gen => {
-                let phase = conn.phase;
                 self.sched.arrived(Work {
                     idx,
                     gen,
-                    phase,
                     input: Input::Done(c),
                 });
             }
@@ -310,7 +308,6 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         self.sched.arrived(Work {
             idx,
             gen,
-            phase: Phase::Reading,
             input: Input::Start,
         });
     }
@@ -378,7 +375,6 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
                 Submit::Done(c) => sched.inline(Work {
                     idx: w.idx,
                     gen,
-                    phase: conn.phase,
                     input: Input::Done(c),
                 }),
                 Submit::Pending => None,

@@ -273,6 +273,11 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
     }
 }
 
+/// Why residency is read with `mincore` (said once, by the probe or at the first `EPERM`).
+pub(crate) const CACHESTAT_REFUSED: &str = "lazy: cachestat(2) refused (EPERM: lair does not own \
+     the files and has them open read-only); page-cache residency is checked with mincore(2) \
+     instead";
+
 /// Whether `len` bytes of `file` from `offset` are cached and readable now. A file this
 /// process may not `cachestat` (`EPERM`: not its owner) switches the check to `mincore` for
 /// good, with one log line; any other failure counts as "not cached" (the helper runs it).
@@ -282,10 +287,7 @@ fn residency(caps: &mut Caps, file: &std::os::fd::OwnedFd, offset: u64, len: u64
         Ok(cached) => cached,
         Err(e) if e.raw_os_error() == Some(libc::EPERM) && !caps.mincore => {
             caps.mincore = true;
-            tracing::info!(
-                "lazy: cachestat(2) refused (EPERM: lair does not own the files and has them \
-                 open read-only); page-cache residency is checked with mincore(2) instead"
-            );
+            tracing::info!("{CACHESTAT_REFUSED}");
             matches!(os::range_cached(file, offset, len, lately, true), Ok(true))
         }
         Err(_) => false,

@@ -108,10 +108,7 @@ fn probe(config: &EngineConfig) -> Caps {
                 match os::cached_pages_mincore(file, 0, 1) {
                     Ok(_) => {
                         caps.mincore = true;
-                        tracing::info!(
-                            "lazy: cachestat(2) refused (EPERM: lair does not own the document \
-                         root's files); page-cache residency is checked with mincore(2) instead"
-                        );
+                        tracing::info!("{}", super::exec::CACHESTAT_REFUSED);
                     }
                     Err(m) => {
                         caps.cachestat = false;
