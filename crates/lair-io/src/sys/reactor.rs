@@ -96,6 +96,16 @@ pub struct Readiness<P: Policy> {
     counters: Counters,
 }
 
+/// A socket's slot key: its descriptor number (the slot's index) and its `Arc`'s address
+/// (which descriptor under that number the slot describes).
+#[inline]
+fn slot_key(sock: &Arc<OwnedFd>) -> (usize, usize) {
+    (
+        usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX),
+        Arc::as_ptr(sock) as usize,
+    )
+}
+
 impl<P: Policy> Backend for Readiness<P> {
     const NAME: &'static str = P::NAME;
 
@@ -247,10 +257,7 @@ impl<P: Policy> Readiness<P> {
     /// The socket is registered, no readiness was reported since its last `EAGAIN` (or
     /// drained receive), and no end of stream is announced (which no edge would report again).
     fn known_unreadable(&self, sock: &Arc<OwnedFd>) -> bool {
-        let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);
-        self.slots.get(fd).is_some_and(|s| {
-            s.owner == Arc::as_ptr(sock) as usize && s.registered && !s.readable && !s.closing
-        })
+        self.known(slot_key(sock)).readable == Some(false)
     }
 
     /// Park a just-submitted operation (see [`Readiness::park`]).
@@ -265,9 +272,7 @@ impl<P: Policy> Readiness<P> {
     /// `op`'s socket.
     fn ready_flag(&mut self, op: &Op) -> Option<&mut bool> {
         let (sock, interest) = op.socket_interest()?;
-        let fd = usize::try_from(sock.as_raw_fd()).ok()?;
-        let owner = Arc::as_ptr(sock) as usize;
-        let slot = self.slots.get_mut(fd).filter(|s| s.owner == owner)?;
+        let slot = self.slot_mut(slot_key(sock))?;
         Some(match interest {
             Interest::Read => &mut slot.readable,
             Interest::Write => &mut slot.writable,
@@ -301,8 +306,7 @@ impl<P: Policy> Readiness<P> {
             // not cancel it. Cancel it now.
             return Err(self.fail(job, io::Error::from_raw_os_error(libc::ECANCELED)));
         }
-        let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);
-        let owner = Arc::as_ptr(sock) as usize;
+        let (fd, owner) = slot_key(sock);
         if fd >= self.slots.len() {
             self.slots.resize_with(fd + 1, FdSlot::default);
         }
@@ -357,26 +361,17 @@ impl<P: Policy> Readiness<P> {
     /// for an edge instead of failing first (edge-triggered epoll reports every arrival).
     #[inline]
     fn start(&mut self, op: Op) -> Step {
-        let sock = op.socket_interest().map(|(s, i)| {
-            (
-                usize::try_from(s.as_raw_fd()).unwrap_or(usize::MAX),
-                Arc::as_ptr(s) as usize,
-                i,
-            )
-        });
+        let sock = op.socket_interest().map(|(s, i)| (slot_key(s), i));
         let want = op.socket_want();
         let step = if self.laio_ops.contains(op.kind()) {
-            let ready = sock.map_or(SocketReady::default(), |(fd, owner, _)| {
-                self.known(fd, owner)
-            });
+            let ready = sock.map_or(SocketReady::default(), |(key, _)| self.known(key));
             self.policy.start(op, ready)
         } else {
             exec(op, Wait::Block, &mut self.direct)
         };
-        if let (Some((fd, owner, interest)), Some(want), Step::Done(Ok(n), _)) = (sock, want, &step)
-        {
+        if let (Some((key, interest)), Some(want), Step::Done(Ok(n), _)) = (sock, want, &step) {
             if *n > 0 && *n < want {
-                if let Some(slot) = self.slots.get_mut(fd).filter(|s| s.owner == owner) {
+                if let Some(slot) = self.slot_mut(key) {
                     match interest {
                         // Data, then an end of stream already announced: not drained.
                         Interest::Read if slot.closing => {}
@@ -389,9 +384,16 @@ impl<P: Policy> Readiness<P> {
         step
     }
 
-    /// What the slot of descriptor `fd` (owned by `owner`) knows.
+    /// The slot that describes the socket of `key` (not a stale one a closed descriptor with
+    /// the same number left).
     #[inline]
-    fn known(&self, fd: usize, owner: usize) -> SocketReady {
+    fn slot_mut(&mut self, (fd, owner): (usize, usize)) -> Option<&mut FdSlot> {
+        self.slots.get_mut(fd).filter(|s| s.owner == owner)
+    }
+
+    /// What the slot of the socket of `key` knows.
+    #[inline]
+    fn known(&self, (fd, owner): (usize, usize)) -> SocketReady {
         match self.slots.get(fd) {
             Some(s) if s.owner == owner && s.registered => SocketReady {
                 readable: Some(s.readable || s.closing),
@@ -409,14 +411,14 @@ impl<P: Policy> Readiness<P> {
         let (OpKind::Accept, Out::Conn(sock, _)) = (kind, out) else {
             return;
         };
-        let fd = usize::try_from(sock.as_raw_fd()).unwrap_or(usize::MAX);
+        let (fd, owner) = slot_key(sock);
         if fd >= self.slots.len() {
             self.slots.resize_with(fd + 1, FdSlot::default);
         }
         // Edge-triggered: the registration itself reports what is ready now.
         let registered = os::epoll_add(&self.epoll, &**sock, fd as u64).is_ok();
         self.slots[fd] = FdSlot {
-            owner: Arc::as_ptr(sock) as usize,
+            owner,
             registered,
             ..FdSlot::default()
         };
@@ -424,13 +426,9 @@ impl<P: Policy> Readiness<P> {
 
     /// Cancel what is parked on `fd` (completions with `ECANCELED`, delivered by `poll`).
     fn cancel(&mut self, fd: &Arc<OwnedFd>) {
-        let n = usize::try_from(fd.as_raw_fd()).unwrap_or(usize::MAX);
-        let Some(slot) = self.slots.get_mut(n) else {
+        let Some(slot) = self.slot_mut(slot_key(fd)) else {
             return;
         };
-        if slot.owner != Arc::as_ptr(fd) as usize {
-            return;
-        }
         let slot = std::mem::take(slot);
         for job in [slot.read, slot.write].into_iter().flatten() {
             let c = self.fail(job, io::Error::from_raw_os_error(libc::ECANCELED));
