@@ -23,12 +23,22 @@ pub enum Scan {
     Partial,
     /// Not the chunked coding: 400, and close (the stream cannot be framed).
     Malformed,
-    /// More data than the limit: 413, and close.
+    /// More data than the limit, or a body still unfinished past twice the limit (endless
+    /// extensions, one-byte chunks): 413, and close.
     TooLarge,
 }
 
 /// Scan a chunked body at the start of `buf`, with at most `limit` bytes of chunk data.
 pub fn scan(buf: &[u8], limit: u64) -> Scan {
+    match scan_whole(buf, limit) {
+        Scan::Partial if buf.len() as u64 > limit.saturating_mul(2).saturating_add(16 << 10) => {
+            Scan::TooLarge
+        }
+        s => s,
+    }
+}
+
+fn scan_whole(buf: &[u8], limit: u64) -> Scan {
     let mut at = 0;
     let mut data: u64 = 0;
     loop {
@@ -162,5 +172,11 @@ mod tests {
         }
         assert_eq!(scan(b"5\r\nhello\r\n0\r\n\r\n", 4), Scan::TooLarge);
         assert_eq!(scan(b"fffffffffffffff\r\n", 1 << 20), Scan::TooLarge);
+        let endless = [&b"1;"[..], &[b'x'; 20_000]].concat();
+        assert_eq!(
+            scan(&endless, 1024),
+            Scan::TooLarge,
+            "an extension that never ends"
+        );
     }
 }

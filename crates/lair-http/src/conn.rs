@@ -324,31 +324,19 @@ impl Conn {
         let mut chunked_wire = 0;
         if head.chunked {
             let body = self.rbuf.get(head.len..).unwrap_or_default();
-            match chunked::scan(body, cx.cfg.max_discard_body) {
-                chunked::Scan::Complete { wire } => chunked_wire = wire,
-                // Sizes, extensions and CRLFs around at most the limit of data: a body that
-                // keeps coming past twice the limit (endless extensions, one-byte chunks) is
-                // refused rather than held.
-                chunked::Scan::Partial
-                    if body.len() as u64 <= cx.cfg.max_discard_body.saturating_mul(2) + 16384 =>
-                {
-                    return self.recv(cx)
+            let status = match chunked::scan(body, cx.cfg.max_discard_body) {
+                chunked::Scan::Complete { wire } => {
+                    chunked_wire = wire;
+                    None
                 }
-                chunked::Scan::Partial => {
-                    cx.stats.requests += 1;
-                    self.req.head = Some(head);
-                    return self.error(cx, 413, true, &[]);
-                }
-                bad => {
-                    cx.stats.requests += 1;
-                    let status = if bad == chunked::Scan::TooLarge {
-                        413
-                    } else {
-                        400
-                    };
-                    self.req.head = Some(head);
-                    return self.error(cx, status, true, &[]);
-                }
+                chunked::Scan::Partial => return self.recv(cx),
+                chunked::Scan::TooLarge => Some(413),
+                chunked::Scan::Malformed => Some(400),
+            };
+            if let Some(status) = status {
+                cx.stats.requests += 1;
+                self.req.head = Some(head);
+                return self.error(cx, status, true, &[]);
             }
         }
         cx.stats.requests += 1;
