@@ -444,8 +444,8 @@ impl Conn {
                     return Next::Close;
                 };
                 let rel = std::mem::take(&mut self.req.rel);
-                let e = Arc::new(Entry::new(file, st, rel, cx.now));
-                cx.cache.insert(&self.req.key, Arc::clone(&e), cx.now);
+                let e = Entry::new(file, st, rel, cx.now);
+                let e = cx.cache.insert(&self.req.key, e, cx.now);
                 self.respond_file(cx, &e)
             }
             FileType::Directory if self.req.index => self.error(cx, 404, false, &[]),

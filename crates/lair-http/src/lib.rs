@@ -27,6 +27,7 @@ pub mod chunked;
 pub mod config;
 mod conn;
 pub mod log;
+pub mod mem;
 pub mod path;
 pub mod place;
 pub mod request;
@@ -108,6 +109,8 @@ pub struct HttpStats {
     pub file_cache_hits: u64,
     /// Open-file cache misses (the file was opened).
     pub file_cache_misses: u64,
+    /// Open-file cache entries dropped because their file changed.
+    pub file_cache_changed: u64,
 }
 
 impl HttpStats {
@@ -126,6 +129,7 @@ impl HttpStats {
         self.file_changed += o.file_changed;
         self.file_cache_hits += o.file_cache_hits;
         self.file_cache_misses += o.file_cache_misses;
+        self.file_cache_changed += o.file_cache_changed;
     }
 }
 
@@ -153,6 +157,23 @@ pub struct Report {
     pub http: HttpStats,
     /// Per worker.
     pub workers: Vec<WorkerReport>,
+    /// What watched the small-file cache's hot entries did (`None`: no watcher).
+    pub file_watch: Option<FileWatchReport>,
+}
+
+/// The file cache's watcher at shutdown ([`lair_io::watch::WatchStats`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FileWatchReport {
+    /// Kernel watches added.
+    pub added: u64,
+    /// Entries that found their inode watched already.
+    pub attached: u64,
+    /// Idle watches removed.
+    pub removed: u64,
+    /// Entries told their file changed.
+    pub changed: u64,
+    /// Watches the kernel refused.
+    pub refused: u64,
 }
 
 /// State every worker shares (read-only but for the stop flag and waker list).
@@ -165,6 +186,8 @@ pub(crate) struct ServerState {
     /// Connections open over all workers: `--max-connections` is a total, whichever worker
     /// the kernel hands a connection to.
     pub open: std::sync::atomic::AtomicUsize,
+    /// Watches the small-file cache's entries for changes (`None`: no cache, or no inotify).
+    pub watcher: Option<Arc<lair_io::Watcher>>,
 }
 
 /// A server with its sockets bound, not yet running.
@@ -224,6 +247,21 @@ impl Server {
             }
             addrs.push(addr);
         }
+        let watcher = if cfg.file_cache_ttl.is_zero() || cfg.file_cache_entries == 0 {
+            None
+        } else {
+            // Kept a second past the time to live: an entry reopened when it expires finds its
+            // inode's watch still there.
+            match lair_io::Watcher::start(cfg.file_cache_ttl + std::time::Duration::from_secs(1)) {
+                Ok(w) => Some(Arc::new(w)),
+                Err(e) => {
+                    tracing::warn!(
+                        "file cache: no inotify ({e}): every cache hit checks the file with fstat"
+                    );
+                    None
+                }
+            }
+        };
         Ok(Server {
             shared: Arc::new(ServerState {
                 cfg,
@@ -232,6 +270,7 @@ impl Server {
                 stop: AtomicBool::new(false),
                 wakers: Mutex::new(Vec::new()),
                 open: std::sync::atomic::AtomicUsize::new(0),
+                watcher,
             }),
             listeners,
             addrs,
@@ -406,10 +445,22 @@ impl Running {
             engine.merge(&w.engine);
             http.merge(&w.http);
         }
+        let file_watch = self.shared.watcher.as_ref().map(|w| {
+            let s = w.stats();
+            let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            FileWatchReport {
+                added: n(&s.added),
+                attached: n(&s.attached),
+                removed: n(&s.removed),
+                changed: n(&s.changed),
+                refused: n(&s.refused),
+            }
+        });
         Ok(Report {
             engine,
             http,
             workers,
+            file_watch,
         })
     }
 }

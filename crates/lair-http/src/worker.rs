@@ -127,7 +127,11 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             stats: HttpStats::default(),
             shared: Arc::clone(&shared),
             log,
-            cache: FileCache::new(shared.cfg.file_cache_ttl, shared.cfg.file_cache_entries),
+            cache: FileCache::new(
+                shared.cfg.file_cache_ttl,
+                shared.cfg.file_cache_entries,
+                shared.watcher.clone(),
+            ),
             bufs: BufPool::default(),
             stopping: false,
             stop_deadline: None,
@@ -191,6 +195,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         self.flush_log_now();
         self.stats.file_cache_hits = self.cache.hits;
         self.stats.file_cache_misses = self.cache.misses;
+        self.stats.file_cache_changed = self.cache.changed;
         let mut engine = self.engine.counters();
         engine.backend = B::NAME;
         Ok(WorkerReport {

@@ -37,7 +37,11 @@ pub use op::{
 };
 pub use sys::buf;
 pub use sys::buf::{Buf, BufMut, Bytes, Gather};
-pub use sys::{setup, with_backend, Backend, BackendKind, EngineConfig, Waker, WithBackend};
+pub use sys::watch;
+pub use sys::watch::{Watch, Watcher};
+pub use sys::{
+    run_blocking, setup, with_backend, Backend, BackendKind, EngineConfig, Waker, WithBackend,
+};
 
 /// Errors of the engine itself (an operation's own failure is in its [`Completion`]).
 #[derive(Debug, thiserror::Error)]

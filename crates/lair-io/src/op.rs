@@ -296,8 +296,13 @@ pub struct FileStat {
     pub len_bytes: u64,
     /// Inode number.
     pub ino: u64,
+    /// The device the inode is on (with `ino`, names the inode on this machine).
+    pub dev: u64,
     /// Last modification (nanosecond resolution where the file system has it).
     pub modified: SystemTime,
+    /// Last change of the inode (`ctime`: contents, metadata, link count or name; no call
+    /// can set it back, so it tells a file changed where `modified` may not).
+    pub status_changed: SystemTime,
     /// What the inode is.
     pub file_type: FileType,
 }
@@ -346,7 +351,9 @@ pub struct Completion {
 }
 
 impl Completion {
-    pub(crate) fn new(token: Token, kind: OpKind, result: io::Result<usize>, out: Out) -> Self {
+    /// A completion; engines make them, and so does a driver that completes operations itself
+    /// (an in-memory connection for tests and fuzzing).
+    pub fn new(token: Token, kind: OpKind, result: io::Result<usize>, out: Out) -> Self {
         Completion {
             token,
             kind,

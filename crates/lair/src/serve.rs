@@ -168,6 +168,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         h.timeouts,
         h.overload_503
     );
+    let w = report.file_watch.clone().unwrap_or_default();
+    crate::say!(
+        "file cache: {} hits, {} misses, {} changed; hot files watched: {} added, {} attached, {} changed, {} refused",
+        h.file_cache_hits,
+        h.file_cache_misses,
+        h.file_cache_changed,
+        w.added,
+        w.attached,
+        w.changed,
+        w.refused
+    );
     if let Some(p) = stats_json {
         let json = serde_json::to_string_pretty(&report)?;
         fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;

@@ -4,7 +4,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{Opts, Site, BACKENDS};
+use support::{pattern, Opts, Site, BACKENDS};
 
 /// Issue 3, found by scripts/hol-check.sh: reading a file updates its access time after the
 /// read, also when `preadv2(RWF_NOWAIT)` returns `EAGAIN`, and that update can read the inode's
@@ -251,6 +251,86 @@ fn issue_12_a_port_in_use_is_an_error_unless_shared() {
     let mut second = o.start();
     assert_eq!(second.addr, first.addr);
     second.stop();
+}
+
+/// Issue 12, found trying lair as a new user: after `truncate -s 100` of a 10,000-byte file
+/// the small-file cache kept answering `Content-Length: 10000` with the old bytes for as long
+/// as its entries lived. A hit checks the file now — with an `fstat` while the entry is
+/// lukewarm, through its inotify watch once it is hot: a truncate, an in-place rewrite or a
+/// rename over the file is seen at the next lookup, on every worker, however long the time to
+/// live. The watcher's thread raises a hot entry's flag a moment after the change, so a
+/// response in that moment is the complete old file — never a mix, never a wrong length — and
+/// once the new file has been served the old one never comes back.
+#[test]
+fn issue_12_a_cached_body_never_outlives_a_change_to_its_file() {
+    use std::io::{Seek, Write};
+    use std::time::{Duration, Instant};
+    let site = Site::new();
+    let hot = lair_http::cache::WATCH_AFTER as usize + 1;
+    for (b, (heat, workers, warm)) in BACKENDS
+        .iter()
+        .flat_map(|b| [("lukewarm", 2, 3), ("hot", 1, hot)].map(|h| (b, h)))
+    {
+        let srv = Opts::new(&site.root, b)
+            .workers(workers)
+            .args(["--file-cache-ttl", "1h"])
+            .start();
+        let path = site.path("small.bin");
+        let mut old = vec![b'a'; 10_000];
+        std::fs::write(&path, &old).unwrap();
+        // Each GET on a new connection, so every worker's cache is filled and then tried.
+        let get = || srv.connect().get("/small.bin");
+        let b = format!("{b}, {heat}");
+        for what in ["truncated", "rewritten in place", "renamed over"] {
+            // A changed file's new entry starts lukewarm again.
+            for _ in 0..warm {
+                assert_eq!(get().body, old, "{b}: warm-up");
+            }
+            let new = match what {
+                "truncated" => {
+                    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                    f.set_len(100).unwrap();
+                    vec![b'a'; 100]
+                }
+                "rewritten in place" => {
+                    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+                    f.write_all(&[b'b'; 100]).unwrap();
+                    vec![b'b'; 100]
+                }
+                _ => {
+                    let new = pattern(12_345);
+                    let tmp = site.path("small.bin.tmp");
+                    std::fs::write(&tmp, &new).unwrap();
+                    std::fs::rename(&tmp, &path).unwrap();
+                    new
+                }
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut seen_new = 0;
+            while seen_new < 8 {
+                let r = get();
+                assert_eq!(r.status, 200, "{b}, {what}");
+                let len: usize = r.header("content-length").unwrap().parse().unwrap();
+                assert_eq!(len, r.body.len(), "{b}, {what}: length and body agree");
+                if r.body == new {
+                    seen_new += 1;
+                } else {
+                    assert_eq!(r.body, old, "{b}, {what}: neither the old file nor the new");
+                    assert_eq!(seen_new, 0, "{b}, {what}: the old file came back");
+                    assert!(Instant::now() < deadline, "{b}, {what}: still the old file");
+                }
+            }
+            old = new;
+        }
+        let mut srv = srv;
+        let lines = srv.stop().join("\n");
+        let watched = if heat == "hot" { "3 added" } else { "0 added" };
+        assert!(
+            lines.contains(&format!("hot files watched: {watched}")),
+            "{b}: {lines}"
+        );
+    }
 }
 
 /// A server started by hand, killed if a test fails before it stops.

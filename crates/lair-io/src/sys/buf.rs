@@ -193,6 +193,19 @@ impl BufMut {
         }
     }
 
+    /// Copy as much of `src` as fits into the room after the filled bytes, as a receive
+    /// would; how many bytes were copied.
+    pub fn fill_from(&mut self, src: &[u8]) -> usize {
+        let room = self.spare();
+        let n = room.len().min(src.len());
+        for (d, &s) in room.iter_mut().zip(&src[..n]) {
+            d.write(s);
+        }
+        // SAFETY: the first `n` bytes of the spare room were written just above.
+        unsafe { self.filled(n) };
+        n
+    }
+
     /// How much room there is after the filled bytes.
     #[inline]
     pub fn spare_len(&self) -> usize {

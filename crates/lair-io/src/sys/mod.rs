@@ -38,6 +38,7 @@ mod helpers;
 pub(crate) mod os;
 mod reactor;
 pub mod setup;
+pub mod watch;
 
 pub mod eager;
 pub mod hybrid;
@@ -180,6 +181,22 @@ pub trait WithBackend {
     type Output;
     /// Run with backend `B`, already built.
     fn run<B: Backend>(self, backend: B) -> Self::Output;
+}
+
+/// Run `op` on the calling thread, blocking as the `sync` loop does, without an engine: for a
+/// driver that completes socket operations itself and needs the file calls run for real (an
+/// in-memory connection in tests and fuzzing). A socket call that would wait fails with
+/// `EAGAIN` (its buffers are dropped).
+pub fn run_blocking(token: Token, op: Op) -> Completion {
+    let kind = op.kind();
+    let (result, out) = match exec::exec(op, os::Wait::Block, &mut exec::Caps::none()) {
+        exec::Step::Done(r, out) => (r, out),
+        exec::Step::WouldBlock(_) | exec::Step::Helper(_) => (
+            Err(std::io::Error::from(std::io::ErrorKind::WouldBlock)),
+            crate::op::Out::None,
+        ),
+    };
+    Completion::new(token, kind, result, out)
 }
 
 /// Build the backend `kind` and run `job` with it: the one `match` over backends.

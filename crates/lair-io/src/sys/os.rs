@@ -116,7 +116,14 @@ pub(crate) fn open_how(beneath: bool, noatime: bool) -> (u64, u64) {
 }
 
 /// A [`FileStat`] from the fields of `fstat` or `statx`.
-pub(crate) fn file_stat(size: u64, ino: u64, mode: u32, mtime_s: i64, mtime_ns: u32) -> FileStat {
+pub(crate) fn file_stat(
+    size: u64,
+    (dev, ino): (u64, u64),
+    mode: u32,
+    mtime: (i64, u32),
+    ctime: (i64, u32),
+) -> FileStat {
+    let time = |(s, ns): (i64, u32)| UNIX_EPOCH + Duration::new(u64::try_from(s).unwrap_or(0), ns);
     let file_type = match rfs::FileType::from_raw_mode(mode as _) {
         rfs::FileType::RegularFile => FileType::Regular,
         rfs::FileType::Directory => FileType::Directory,
@@ -125,7 +132,9 @@ pub(crate) fn file_stat(size: u64, ino: u64, mode: u32, mtime_s: i64, mtime_ns: 
     FileStat {
         len_bytes: size,
         ino,
-        modified: UNIX_EPOCH + Duration::new(u64::try_from(mtime_s).unwrap_or(0), mtime_ns),
+        dev,
+        modified: time(mtime),
+        status_changed: time(ctime),
         file_type,
     }
 }
@@ -259,10 +268,10 @@ pub(crate) fn stat(file: &OwnedFd) -> io::Result<FileStat> {
     let st = rfs::fstat(file).map_err(io_err)?;
     Ok(file_stat(
         u64::try_from(st.st_size).unwrap_or(0),
-        st.st_ino,
+        (st.st_dev, st.st_ino),
         st.st_mode,
-        st.st_mtime,
-        u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+        (st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0)),
+        (st.st_ctime, u32::try_from(st.st_ctime_nsec).unwrap_or(0)),
     ))
 }
 
@@ -489,6 +498,13 @@ pub(crate) fn cached_pages(file: &OwnedFd, offset: u64, len: u64) -> io::Result<
 
 // ---- epoll and eventfd ---------------------------------------------------------------------
 
+fn timespec(d: Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec {
+        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(d.subsec_nanos()),
+    }
+}
+
 /// A new epoll instance.
 pub(crate) fn epoll_new() -> io::Result<OwnedFd> {
     epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io_err)
@@ -537,10 +553,7 @@ pub(crate) fn epoll_wait(
 ) -> io::Result<()> {
     raw.clear();
     out.clear();
-    let ts = timeout.map(|d| rustix::time::Timespec {
-        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        tv_nsec: i64::from(d.subsec_nanos()),
-    });
+    let ts = timeout.map(timespec);
     match epoll::wait(ep, rustix::buffer::spare_capacity(raw), ts.as_ref()) {
         Ok(_) => {}
         Err(Errno::INTR) => return Ok(()),
@@ -564,6 +577,25 @@ pub(crate) fn epoll_wait(
 pub(crate) fn eventfd_new() -> io::Result<OwnedFd> {
     use rustix::event::EventfdFlags;
     rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io_err)
+}
+
+/// Block until `fd` or `stop` is readable or `timeout` passes (`EINTR` returns early: the
+/// caller loops).
+pub(crate) fn wait_readable(
+    fd: &OwnedFd,
+    stop: &OwnedFd,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [
+        PollFd::new(fd, PollFlags::IN),
+        PollFd::new(stop, PollFlags::IN),
+    ];
+    let ts = timeout.map(timespec);
+    match poll(&mut fds, ts.as_ref()) {
+        Ok(_) | Err(Errno::INTR) => Ok(()),
+        Err(e) => Err(io_err(e)),
+    }
 }
 
 /// Add one to an eventfd (wakes a waiter). A full counter (`EAGAIN`) is already a wake-up.

@@ -804,10 +804,13 @@ impl UringBackend {
                 Some(_) => {
                     let st = os::file_stat(
                         statx.stx_size,
-                        statx.stx_ino,
+                        (
+                            rustix::fs::makedev(statx.stx_dev_major, statx.stx_dev_minor),
+                            statx.stx_ino,
+                        ),
                         u32::from(statx.stx_mode),
-                        statx.stx_mtime.tv_sec,
-                        statx.stx_mtime.tv_nsec,
+                        (statx.stx_mtime.tv_sec, statx.stx_mtime.tv_nsec),
+                        (statx.stx_ctime.tv_sec, statx.stx_ctime.tv_nsec),
                     );
                     (Ok(0), Out::Stat(st))
                 }
