@@ -705,11 +705,13 @@ impl Conn {
             self.req.close_after = true;
             self.req.linger = true;
         }
-        let head_only = self
-            .req
-            .head
-            .as_ref()
-            .is_some_and(|h| h.method == Method::Head);
+        // A refused request whose method reads HEAD gets no body either (found by the conn
+        // fuzz target: a `HEAD … HTTP/2.1` got its 505 page).
+        let head_only = match (&self.req.head, &self.req.refused) {
+            (Some(h), _) => h.method == Method::Head,
+            (None, Some((line, _, _))) => line.get(&self.rbuf).starts_with(b"HEAD "),
+            (None, None) => false,
+        };
         let persist = self.persistence(cx);
         self.wbuf(cx);
         self.req.status = status;

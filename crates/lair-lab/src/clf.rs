@@ -94,7 +94,16 @@ fn parse_time(s: &str) -> Option<i64> {
     .iter()
     .position(|x| *x == mon)? as i64
         + 1;
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 || zone.len() != 5 {
+    // Bounded year, ASCII zone: found by the trace fuzz target (a 13-digit year overflowed
+    // the day count; a zone with a multi-byte character split inside it).
+    if !(1..=31).contains(&day)
+        || !(0..=9999).contains(&year)
+        || !(0..=23).contains(&h)
+        || !(0..=59).contains(&m)
+        || !(0..=60).contains(&sec)
+        || zone.len() != 5
+        || !zone.is_ascii()
+    {
         return None;
     }
     let sign = match zone.as_bytes()[0] {
@@ -253,6 +262,16 @@ host - - [01/Aug/1995:00:00:13 -0400] "GET /empty HTTP/1.0" 200 -
         // Log order is kept; ms after the first request.
         let t: Vec<u64> = d.requests.iter().map(|r| r.t_ms).collect();
         assert_eq!(t, vec![0, 7000, 8000, 7000, 9000]);
+    }
+
+    /// Found by the trace fuzz target: a 13-digit year overflowed the day count, and a zone
+    /// of five bytes but not five characters was cut inside a character. Both are malformed.
+    #[test]
+    fn fuzz_found_years_and_zones_are_malformed_not_panics() {
+        assert_eq!(parse_time("01/Jul/1777777777995:00:00:01 -0400"), None);
+        assert_eq!(parse_time("01/Jul/1995:00:00:01 +0\u{e9}0"), None);
+        let line = "h - - [01/Jul/17777777779995:00:00:01 -0400] \"GET /a HTTP/1.0\" 200 5\n";
+        assert_eq!(import(line).stats.malformed, 1);
     }
 
     #[test]

@@ -20,12 +20,11 @@ use lair_io::{
     setup, Backend, BufMut, Completion, EngineConfig, Gather, Op, Out, SharedFd, Submit, Token,
 };
 
+use crate::framing::Head;
 use crate::{Error, LoadConfig, Mode, Progress, Stop, Tally};
 
 /// Room for one receive.
 const RECV_BYTES: usize = 64 * 1024;
-/// Largest response head accepted.
-const MAX_HEAD: usize = 64 * 1024;
 /// Pause before reconnecting after a failed connect.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 /// Failed connects, with none ever succeeding, after which a closed-loop thread gives up.
@@ -595,33 +594,19 @@ impl<B: Backend> Loop<'_, B> {
     fn on_bytes(&mut self, idx: usize, n: usize) {
         let c = &mut self.conns[idx];
         if !c.head_done {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&c.rbuf) {
-                Ok(httparse::Status::Complete(head_len)) => {
+            match crate::framing::parse_head(&c.rbuf) {
+                Head::Complete {
+                    len: head_len,
+                    status,
+                    body,
+                    close,
+                } => {
                     c.head_done = true;
                     c.head_bytes = head_len;
-                    c.status = resp.code.unwrap_or(0);
-                    let mut length = None;
-                    let mut bad = false;
-                    for h in resp.headers.iter() {
-                        if h.name.eq_ignore_ascii_case("content-length") {
-                            length = std::str::from_utf8(h.value)
-                                .ok()
-                                .and_then(|v| v.trim().parse::<u64>().ok());
-                            bad |= length.is_none();
-                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                            bad = true;
-                        } else if h.name.eq_ignore_ascii_case("connection") {
-                            c.close_after |= h.value.eq_ignore_ascii_case(b"close");
-                        }
-                    }
-                    let no_body = c.status == 304 || c.status == 204 || c.status / 100 == 1;
-                    if bad {
-                        return self.fail_framing(idx);
-                    }
+                    c.status = status;
+                    c.close_after |= close;
                     let body_here = (c.rbuf.len() - head_len) as u64;
-                    c.body_left = if no_body { Some(0) } else { length };
+                    c.body_left = body;
                     match c.body_left {
                         // More than announced, with nothing asked: not valid framing.
                         Some(want) if body_here > want => return self.fail_framing(idx),
@@ -635,8 +620,8 @@ impl<B: Backend> Loop<'_, B> {
                     c.body_bytes = body_here;
                     c.rbuf.clear();
                 }
-                Ok(httparse::Status::Partial) if c.rbuf.len() <= MAX_HEAD => {}
-                _ => return self.fail_framing(idx),
+                Head::Partial => {}
+                Head::Bad => return self.fail_framing(idx),
             }
         } else {
             c.head_bytes += n;

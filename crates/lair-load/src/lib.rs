@@ -41,6 +41,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 mod client;
+pub mod framing;
 pub mod manifest;
 pub mod trace;
 

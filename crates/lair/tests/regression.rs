@@ -333,6 +333,30 @@ fn issue_12_a_cached_body_never_outlives_a_change_to_its_file() {
     }
 }
 
+/// Issue 12, found by the `conn` fuzz target: a request refused before it was parsed (here
+/// `HEAD … HTTP/2.1`, a 505) got its error page even though its method was HEAD, so a client
+/// reading it as a HEAD answer took the page for the next response.
+#[test]
+fn issue_12_a_refused_head_request_gets_no_body() {
+    let site = Site::new();
+    let srv = Opts::new(&site.root, "lazy").start();
+    for (req, status) in [
+        (&b"HEAD /hello.txt HTTP/2.1\r\nHost: a\r\n\r\n"[..], 505),
+        (b"HEAD /hello.txt HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    ] {
+        let mut c = srv.connect();
+        c.send(req);
+        let r = c.read_response(true);
+        assert_eq!(r.status, status);
+        let rest = c.rest_within(std::time::Duration::from_secs(5));
+        assert_eq!(
+            rest,
+            Some(Vec::new()),
+            "{status}: closed, no body after the head"
+        );
+    }
+}
+
 /// A server started by hand, killed if a test fails before it stops.
 struct KillOnDrop(std::process::Child);
 

@@ -316,18 +316,25 @@ impl Client {
     /// Whether the server closed the connection (EOF, or reset) within `wait`, after
     /// draining whatever was still to read.
     pub fn closed_within(&mut self, wait: Duration) -> bool {
+        self.rest_within(wait).is_some()
+    }
+
+    /// Everything still to read, unparsed, if the server closes (EOF, or reset) within
+    /// `wait`.
+    pub fn rest_within(&mut self, wait: Duration) -> Option<Vec<u8>> {
         self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut rest = std::mem::take(&mut self.buf);
         let mut chunk = [0u8; 65536];
         let deadline = Instant::now() + wait;
         loop {
             match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
+                Ok(0) => return Some(rest),
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(rest),
+                Err(_) => return None,
             }
             if Instant::now() > deadline {
-                return false;
+                return None;
             }
         }
     }
