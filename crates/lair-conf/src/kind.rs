@@ -95,6 +95,14 @@ impl Kind<usize> for Size {
     }
 }
 
+impl Kind<u32> for Size {
+    const NAME: &'static str = "SIZE";
+    fn parse(s: &str) -> Result<u32, String> {
+        let n = parse_size(s)?;
+        u32::try_from(n).map_err(|_| format!("{s:?} is too large (at most 4g - 1)"))
+    }
+}
+
 /// A plain count: `100`.
 pub struct Count;
 

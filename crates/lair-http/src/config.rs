@@ -115,7 +115,8 @@ lair_conf::settings! {
         /// Access log (Combined Log Format): a file path, `-` for standard output, or `off`.
         access_log: AccessLog = "off" as LogDest;
         /// How long an open file (descriptor, metadata, validators, small body) is reused
-        /// before its path is looked up again; `0` disables the cache.
+        /// before its path is looked up again (a change to the file itself is seen at once:
+        /// each hit checks it); `0` disables the cache.
         file_cache_ttl: Duration = "1s" as Time;
         /// Most files each worker keeps open in its cache.
         file_cache_entries: usize = "1024" as Count;
@@ -125,6 +126,11 @@ lair_conf::settings! {
         share_port: bool = "false" as Switch;
         /// Listen backlog (the kernel caps it at `net.core.somaxconn`).
         backlog: i32 = "4096" as CountIn<1, 65535>;
+        /// Most bytes a connection may leave unsent in the kernel before it stops being
+        /// writable (`TCP_NOTSENT_LOWAT`), so a slow reader cannot make the server queue
+        /// megabytes for it; `0`: no limit (the kernel's default). See docs/SECURITY.md for
+        /// the measurement behind 128k.
+        notsent_lowat: u32 = "128k" as Size;
         /// Write the engine counters and HTTP statistics as JSON to this file at exit.
         stats_json: Option<PathBuf> = "" as Path;
     }

@@ -237,7 +237,7 @@ impl Server {
             }
             let mut addr = want;
             for per_worker in listeners.iter_mut() {
-                let fd = setup::bind_listener(addr, cfg.backlog)
+                let fd = setup::bind_listener(addr, cfg.backlog, cfg.notsent_lowat)
                     .map_err(|source| Error::Listen { addr: want, source })?;
                 if addr.port() == 0 {
                     addr = setup::local_addr(&fd)

@@ -294,7 +294,7 @@ struct Accepts;
 impl WithBackend for Accepts {
     type Output = ();
     fn run<B: Backend>(self, mut b: B) {
-        let l = Arc::new(setup::bind_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap());
+        let l = Arc::new(setup::bind_listener("127.0.0.1:0".parse().unwrap(), 16, 0).unwrap());
         let addr = setup::local_addr(&l).unwrap();
         assert!(matches!(
             b.submit(

@@ -357,6 +357,60 @@ fn issue_12_a_refused_head_request_gets_no_body() {
     }
 }
 
+/// Issue 12, found with slowhttptest's slow-read attack (docs/SECURITY.md): 1,000 clients
+/// with tiny receive windows made the loop push about 700 KB each into their sockets — the
+/// kernel kept growing the send buffers — and the 4 s of CPU that took stalled a normal
+/// request for 2 s. Listeners now carry `TCP_NOTSENT_LOWAT` (`--notsent-lowat`, 128 KiB), so a
+/// connection stops being writable once that much waits unsent. Measured here as the body
+/// bytes the server handed the kernel for clients that never read.
+#[test]
+fn issue_12_a_client_that_never_reads_holds_little_in_the_kernel() {
+    let site = Site::new();
+    // Bytes queued in the server's sockets (ss's Send-Q) for 8 clients that never read.
+    let queued = |b: &str, lowat: &str| -> u64 {
+        let mut srv = Opts::new(&site.root, b)
+            .workers(1)
+            .args(["--notsent-lowat", lowat, "--shutdown-timeout", "1s"])
+            .start();
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let mut c = small_window_client(srv.addr);
+                std::io::Write::write_all(&mut c, b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                c
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let filter = format!("( sport = :{} )", srv.addr.port());
+        let out = Command::new("ss")
+            .args(["-Htn", "state", "established", &filter])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rows: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        assert_eq!(rows.len(), 8, "{b}: {text}");
+        drop(clients);
+        srv.stop();
+        rows.iter().sum::<u64>() / 8
+    };
+    for b in BACKENDS {
+        let bounded = queued(b, "128k");
+        assert!(
+            bounded < 512 << 10,
+            "{b}: {bounded} bytes queued per client with the mark"
+        );
+        let unbounded = queued(b, "0");
+        assert!(
+            unbounded > bounded,
+            "{b}: {unbounded} bytes queued without the mark, {bounded} with it"
+        );
+        eprintln!("{b}: queued per client: {bounded} with the mark, {unbounded} without");
+    }
+}
+
 /// A server started by hand, killed if a test fails before it stops.
 struct KillOnDrop(std::process::Child);
 

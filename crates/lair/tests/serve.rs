@@ -1058,6 +1058,15 @@ fn chunked_request_bodies_are_read_and_discarded() {
         let mut c = srv.connect();
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n");
         assert_eq!(c.read_response(false).status, 501, "{b}");
+        // Chunked twice, in one field or two: not a framing lair will guess at.
+        for te in [
+            "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            let mut c = srv.connect();
+            c.send(format!("GET / HTTP/1.1\r\nHost: x\r\n{te}\r\n0\r\n\r\n").as_bytes());
+            assert_eq!(c.read_response(false).status, 400, "{b}: {te:?}");
+        }
         let mut c = srv.connect();
         c.send(
             b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",

@@ -139,6 +139,28 @@ pub(crate) fn file_stat(
     }
 }
 
+/// `TCP_NOTSENT_LOWAT`: writability is reported (and a send accepted) only while fewer than
+/// `bytes` sent bytes wait unsent in the socket; accepted sockets inherit it from a listener.
+/// rustix has no wrapper for it.
+pub(crate) fn set_notsent_lowat(fd: &OwnedFd, bytes: u32) -> io::Result<()> {
+    let v: libc::c_int = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is an open socket for the call's duration; the option value is a live
+    // `c_int` whose size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// After writability: `Ok(true)` connected, `Ok(false)` still in progress, or the
 /// handshake's error (`SO_ERROR`).
 pub(crate) fn connect_finished(fd: &OwnedFd) -> io::Result<bool> {

@@ -19,8 +19,12 @@ fn io_err(e: Errno) -> io::Error {
 
 /// A non-blocking TCP listener on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT` (so every
 /// worker can have its own, and the kernel spreads connections across them), `IPV6_V6ONLY` for
-/// IPv6 addresses (so `[::]` and `0.0.0.0` can both be bound).
-pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+/// IPv6 addresses (so `[::]` and `0.0.0.0` can both be bound), and — unless `notsent_lowat`
+/// is 0 — `TCP_NOTSENT_LOWAT`, which every accepted connection inherits: a connection is
+/// writable only while fewer than that many bytes wait unsent, so a client that reads slowly
+/// cannot make the server push megabytes into its socket (kernel memory, and the CPU of the
+/// loop that pushes them).
+pub fn bind_listener(addr: SocketAddr, backlog: i32, notsent_lowat: u32) -> io::Result<OwnedFd> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::INET,
         SocketAddr::V6(_) => AddressFamily::INET6,
@@ -36,6 +40,9 @@ pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     rnet::sockopt::set_socket_reuseport(&fd, true).map_err(io_err)?;
     if addr.is_ipv6() {
         rnet::sockopt::set_ipv6_v6only(&fd, true).map_err(io_err)?;
+    }
+    if notsent_lowat > 0 {
+        super::os::set_notsent_lowat(&fd, notsent_lowat)?;
     }
     rnet::bind(&fd, &addr).map_err(io_err)?;
     rnet::listen(&fd, backlog).map_err(io_err)?;
