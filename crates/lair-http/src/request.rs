@@ -125,14 +125,29 @@ pub struct Limits {
     pub discard_body_bytes: u64,
 }
 
+/// Bytes of the empty lines before a request line, which a server ignores (RFC 9112 §2.2:
+/// clients may send a CRLF after a request body) — and httparse skips them too.
+fn empty_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => return at,
+        }
+    }
+}
+
 /// Parse the head at the start of `buf`.
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
-    // The request line alone must fit its limit, even before the head is complete.
-    let line_end = buf
+    // The request line (after any empty lines) alone must fit its limit, even before the head
+    // is complete.
+    let start = empty_lines(buf);
+    let line_end = buf[start..]
         .iter()
         .take(limits.request_line_bytes + 2)
         .position(|&b| b == b'\n');
-    if line_end.is_none() && buf.len() > limits.request_line_bytes + 1 {
+    if line_end.is_none() && buf.len() - start > limits.request_line_bytes + 1 {
         return Err(reject(414));
     }
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
@@ -164,7 +179,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
     if line_end > limits.request_line_bytes {
         return Err(reject(414));
     }
-    let line = &buf[..line_end];
+    let line = &buf[start..start + line_end];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
 
     let mut head = Head {
@@ -280,13 +295,15 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
 /// the same offset into the original buffer, and the log keeps the line as sent. Another major
 /// version is 505; anything else is not a version at all (400).
 fn later_minor_version(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
-    let line_end = buf.iter().position(|&b| b == b'\n');
-    let line = &buf[..line_end.unwrap_or(buf.len())];
+    let start = empty_lines(buf);
+    let line_end = buf[start..].iter().position(|&b| b == b'\n');
+    let line = &buf[start..start + line_end.unwrap_or(buf.len() - start)];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(sp) = line.iter().rposition(|&b| b == b' ') else {
         return Err(reject(400));
     };
-    let version = &line[sp + 1..];
+    let sp = start + sp;
+    let version = &buf[sp + 1..start + line.len()];
     match version {
         // (1.0 and 1.1 parse; anything here that looks like them is malformed elsewhere.)
         [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d] if (b'2'..=b'9').contains(d) => {
@@ -367,6 +384,9 @@ fn valid_host(v: &[u8]) -> bool {
 /// [`Head`]: its first line and its `Referer` and `User-Agent` fields, found by a plain scan
 /// of the bytes received (at most `max_line` bytes of the line; only the head's lines).
 pub(crate) fn reject_fields(buf: &[u8], max_line: usize) -> (Span, Option<Span>, Option<Span>) {
+    // Spans are into the whole buffer; the scan starts after any empty lines.
+    let whole = buf;
+    let buf = &buf[empty_lines(buf)..];
     let end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -374,7 +394,7 @@ pub(crate) fn reject_fields(buf: &[u8], max_line: usize) -> (Span, Option<Span>,
     let mut lines = buf[..end].split(|&b| b == b'\n');
     let first = lines.next().unwrap_or_default();
     let first = first.strip_suffix(b"\r").unwrap_or(first);
-    let line = Span::of(buf, &first[..first.len().min(max_line)]);
+    let line = Span::of(whole, &first[..first.len().min(max_line)]);
     let (mut referer, mut user_agent) = (None, None);
     for l in lines {
         let l = l.strip_suffix(b"\r").unwrap_or(l);
@@ -383,9 +403,9 @@ pub(crate) fn reject_fields(buf: &[u8], max_line: usize) -> (Span, Option<Span>,
         };
         let (name, value) = (&l[..colon], l[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"referer") {
-            referer = Some(Span::of(buf, value));
+            referer = Some(Span::of(whole, value));
         } else if name.eq_ignore_ascii_case(b"user-agent") {
-            user_agent = Some(Span::of(buf, value));
+            user_agent = Some(Span::of(whole, value));
         }
     }
     (line, referer, user_agent)
@@ -546,6 +566,23 @@ mod tests {
         assert_eq!(status("GET / HTTP/0.9\r\nHost: x\r\n\r\n"), 505);
         assert_eq!(status("GET / HTTP/1.10\r\nHost: x\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTQ/1.1\r\nHost: x\r\n\r\n"), 400);
+    }
+
+    /// Found by the `conn` fuzz target: empty lines before a request line (which httparse
+    /// skips) made the logged request line empty.
+    #[test]
+    fn empty_lines_before_the_request_line_are_skipped_and_not_logged() {
+        let raw = "\r\n\n\r\nHEAD /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let h = ok(raw);
+        assert_eq!(h.method, Method::Head);
+        assert_eq!(h.line.get(raw.as_bytes()), b"HEAD /a HTTP/1.1");
+        let raw = "\n\nGET /a HTTP/1.4\r\nHost: x\r\n\r\n";
+        assert_eq!(ok(raw).line.get(raw.as_bytes()), b"GET /a HTTP/1.4");
+        assert_eq!(status("\r\n\r\nGET / HTTP/3.0\r\nHost: x\r\n\r\n"), 505);
+        let raw = b"\r\nPOST /f HTTP/1.1\r\nUser-Agent: u\r\n\r\n";
+        let (line, _, ua) = reject_fields(raw, 100);
+        assert_eq!(line.get(raw), b"POST /f HTTP/1.1");
+        assert_eq!(ua.unwrap().get(raw), b"u");
     }
 
     proptest::proptest! {

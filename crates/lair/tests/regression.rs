@@ -411,6 +411,27 @@ fn issue_12_a_client_that_never_reads_holds_little_in_the_kernel() {
     }
 }
 
+/// Issue 12, found by the `conn` fuzz target: empty lines before a pipelined request (RFC 9112
+/// §2.2 lets a server ignore them, and httparse does) left its access-log line with an empty
+/// request line, `"" 200 -`.
+#[test]
+fn issue_12_empty_lines_before_a_request_keep_its_log_line() {
+    let site = Site::new();
+    let log = site.dir.path().join("access.log");
+    let mut srv = Opts::new(&site.root, "lazy")
+        .args(["--access-log", log.to_str().unwrap()])
+        .start();
+    let mut c = srv.connect();
+    c.send(b"GET /hello.txt HTTP/1.1\r\nHost: a\r\n\r\n\n\r\n\nHEAD /hello.txt HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200);
+    assert_eq!(c.read_response(true).status, 200);
+    drop(c);
+    srv.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("\"HEAD /hello.txt HTTP/1.1\" 200"), "{text}");
+    assert!(!text.contains("\"\""), "{text}");
+}
+
 /// A server started by hand, killed if a test fails before it stops.
 struct KillOnDrop(std::process::Child);
 
