@@ -146,7 +146,9 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// Raise the soft descriptor limit to the hard limit; returns the new soft limit.
+/// Raise the soft descriptor limit to the hard limit — as far as the process may go without
+/// overriding what its operator set (`ulimit -Hn`, systemd's `LimitNOFILE=`, `prlimit`), even
+/// when privileged; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let lim = getrlimit(Resource::Nofile);
