@@ -48,6 +48,8 @@ pub(crate) enum Phase {
     SendingFile,
     /// A whole response held in the send buffer (`Send`).
     SendingBuf,
+    /// An interim `100 Continue` on its own, before a chunked body is received (`Send`).
+    SendingContinue,
     /// The write side being shut for a lingering close (`Shutdown`).
     ShuttingDown,
     /// Input drained before closing (`Recv`, discarded).
@@ -128,6 +130,8 @@ struct Req {
     /// starts with one (unless it closes), so the body follows and is discarded, never taken
     /// for the next request.
     continue_pending: bool,
+    /// A `100 Continue` was sent on its own, ahead of a chunked body the answer waits for.
+    continue_sent: bool,
     persist: Option<Persistence>,
     close_after: bool,
     linger: bool,
@@ -196,7 +200,7 @@ impl Conn {
             Phase::Opening => self.on_open(cx, c),
             Phase::Statting => self.on_stat(cx, c),
             Phase::ReadingBody => self.on_read(cx, c),
-            Phase::SendingHead | Phase::SendingBuf => self.on_sent(cx, c),
+            Phase::SendingHead | Phase::SendingBuf | Phase::SendingContinue => self.on_sent(cx, c),
             Phase::SendingFile => self.on_sendfile(cx, c),
             Phase::ShuttingDown => {
                 self.rbuf.clear();
@@ -328,6 +332,19 @@ impl Conn {
                 chunked::Scan::Complete { wire } => {
                     chunked_wire = wire;
                     None
+                }
+                // The client may hold the body back until told to go on (RFC 9110 §10.1.1).
+                chunked::Scan::Partial
+                    if head.expect_continue
+                        && head.minor == 1
+                        && body.is_empty()
+                        && !self.req.continue_sent =>
+                {
+                    self.req.continue_sent = true;
+                    let w = self.wbuf(cx);
+                    w.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    self.req.wsent = 0;
+                    return self.send_buf(cx, Phase::SendingContinue);
                 }
                 chunked::Scan::Partial => return self.recv(cx),
                 chunked::Scan::TooLarge => Some(413),
@@ -646,10 +663,14 @@ impl Conn {
         if self.req.wsent < total {
             return self.send_buf(cx, self.phase);
         }
-        if self.phase == Phase::SendingHead {
-            return self.send_file(cx);
+        match self.phase {
+            Phase::SendingHead => self.send_file(cx),
+            Phase::SendingContinue => {
+                self.req.wsent = 0;
+                self.recv(cx)
+            }
+            _ => self.complete(cx),
         }
-        self.complete(cx)
     }
 
     fn send_file(&mut self, cx: &Cx<'_>) -> Next {

@@ -969,6 +969,26 @@ fn conformance_host_version_paths_and_expect() {
             200,
             "{b}: the body was not a request"
         );
+        // A chunked body is read whole before the answer, so the `100 Continue` comes first,
+        // alone, while the client still holds the body back.
+        let mut c = srv.connect();
+        c.send(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n");
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(c.read_response(true).status, 100, "{b}: chunked");
+        c.send(b"3\r\nabc\r\n0\r\n\r\n");
+        let r = c.read_response(false);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello, world\n"),
+            "{b}"
+        );
+        assert_eq!(
+            c.get("/hello.txt").status,
+            200,
+            "{b}: after the chunked body"
+        );
     }
 }
 
