@@ -156,7 +156,15 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
     let t0 = Instant::now();
     let mut servers = x.server_specs()?;
     if let Some(only) = &opts.only_servers {
-        servers.retain(|s| only.contains(&s.name));
+        // `NAME@USER`: the experiment's lair server NAME, run as USER.
+        servers = servers
+            .into_iter()
+            .flat_map(|s| {
+                only.iter()
+                    .filter_map(move |o| crate::servers::as_user(&s, o))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         if servers.is_empty() {
             bail!(
                 "--servers {} matches none of the experiment's servers",

@@ -27,6 +27,10 @@ pub enum ServerKind {
         /// More flags.
         #[serde(default)]
         args: Vec<String>,
+        /// Run as this user (and its group) rather than the lab's, the usual deployment
+        /// (`www-data` serving files it does not own): started through `setpriv`.
+        #[serde(default)]
+        user: Option<String>,
     },
     /// nginx.
     Nginx {
@@ -49,15 +53,22 @@ pub struct ServerSpec {
 }
 
 /// The built-in servers by name: `lair-BACKEND` for each engine backend (`lair-sync`,
-/// `lair-lazy`, … — every [`lair_io::BackendKind`]), `nginx`, `nginx-aio`, `lighttpd`.
+/// `lair-lazy`, … — every [`lair_io::BackendKind`]), `nginx`, `nginx-aio`, `lighttpd`; and
+/// `lair-BACKEND@USER`, lair run as another user (`lair-lazy@nobody`: not the files' owner).
 pub fn builtin(name: &str) -> Option<ServerSpec> {
-    let backend = name
+    let (base, user) = match name.split_once('@') {
+        Some((b, u)) if b.starts_with("lair-") && !u.is_empty() => (b, Some(u.to_string())),
+        Some(_) => return None,
+        None => (name, None),
+    };
+    let backend = base
         .strip_prefix("lair-")
         .and_then(|b| b.parse::<lair_io::BackendKind>().ok());
-    let kind = match name {
+    let kind = match base {
         _ if backend.is_some() => ServerKind::Lair {
-            backend: name["lair-".len()..].to_string(),
+            backend: base["lair-".len()..].to_string(),
             args: Vec::new(),
+            user,
         },
         "nginx" => ServerKind::Nginx { aio_threads: None },
         "nginx-aio" => ServerKind::Nginx {
@@ -70,6 +81,24 @@ pub fn builtin(name: &str) -> Option<ServerSpec> {
         name: name.to_string(),
         kind,
     })
+}
+
+/// `spec` as the `--servers` entry `want` asks for it: itself for its own name; for
+/// `NAME@USER` with a lair `NAME`, the same server run as `USER`; otherwise `None`.
+pub fn as_user(spec: &ServerSpec, want: &str) -> Option<ServerSpec> {
+    if want == spec.name {
+        return Some(spec.clone());
+    }
+    let (name, user) = want.split_once('@')?;
+    let mut s = spec.clone();
+    match &mut s.kind {
+        ServerKind::Lair { user: u, .. } if name == spec.name && !user.is_empty() => {
+            *u = Some(user.to_string());
+            s.name = want.to_string();
+            Some(s)
+        }
+        _ => None,
+    }
 }
 
 /// Names of the built-in servers: lair on each backend, then the peers.
@@ -181,9 +210,33 @@ pub fn start(spec: &ServerSpec, place: &Place<'_>) -> anyhow::Result<ServerProce
     cmd.arg("-c").arg(place.cpu.to_string());
     let mut stats_json = None;
     match &spec.kind {
-        ServerKind::Lair { backend, args } => {
+        ServerKind::Lair {
+            backend,
+            args,
+            user,
+        } => {
             let stats = place.work.join(format!("{}.stats.json", spec.name));
             let _ = std::fs::remove_file(&stats);
+            if let Some(u) = user {
+                // Its statistics file is written into the scratch directory.
+                let ok = Command::new("chown")
+                    .arg(format!("{u}:"))
+                    .arg(place.work)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    bail!("{}: cannot give {} to user {u}", spec.name, place.work.display());
+                }
+                let group = Command::new("id")
+                    .args(["-gn", u])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .with_context(|| format!("{}: no user {u}", spec.name))?;
+                cmd.args(["setpriv", &format!("--reuid={u}"), &format!("--regid={group}")])
+                    .args(["--clear-groups", "--"]);
+            }
             cmd.arg(place.lair)
                 .arg("serve")
                 .arg(place.root)
@@ -279,5 +332,25 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.terminate();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lair_server_can_be_asked_for_as_another_user() {
+        let lazy = builtin("lair-lazy").unwrap();
+        let as_nobody = builtin("lair-lazy@nobody").unwrap();
+        assert_eq!(as_user(&lazy, "lair-lazy@nobody"), Some(as_nobody.clone()));
+        assert!(matches!(
+            as_nobody.kind,
+            ServerKind::Lair { user: Some(ref u), .. } if u == "nobody"
+        ));
+        assert_eq!(as_user(&lazy, "lair-lazy"), Some(lazy.clone()));
+        assert_eq!(as_user(&lazy, "lair-sync@nobody"), None);
+        assert_eq!(as_user(&builtin("nginx").unwrap(), "nginx@nobody"), None);
+        assert!(builtin("nginx@nobody").is_none() && builtin("lair-lazy@").is_none());
     }
 }

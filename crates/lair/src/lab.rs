@@ -34,7 +34,7 @@ enum LabCommand {
         /// Override a parameter, e.g. `--set trace=/tmp/site-trace` (a folder `lair lab import` made).
         #[arg(long = "set", value_parser = parse_kv)]
         set: Vec<(String, String)>,
-        /// Only these servers (comma-separated names).
+        /// Only these servers (comma-separated names; `NAME@USER` runs the experiment's lair server NAME as USER, e.g. `lair-lazy@nobody`: not the files' owner).
         #[arg(long, value_delimiter = ',')]
         servers: Option<Vec<String>>,
         /// Only these environments (comma-separated names).
