@@ -24,13 +24,16 @@ trap cleanup EXIT
 mkdir -p "$work/site"
 head -c 1024 /dev/zero | tr '\0' 'x' > "$work/site/index.html"
 port=18520
-limit=$((n + 1000))
+# lair allows (limit - 64) / 2 connections (each may need a socket and a file), the rule
+# nginx's documentation gives too.
+limit=$((2 * n + 200))
 hard=$(ulimit -Hn)
 if [ "$hard" != unlimited ] && [ "$limit" -gt "$hard" ]; then
     # Raising a hard limit needs CAP_SYS_RESOURCE; some machines (containers) drop it.
+    fit=$(((hard - 200) / 2))
     echo "many-connections.sh: the descriptor hard limit is $hard and cannot be raised here;" \
-        "measuring $((hard - 1000)) connections instead of $n" >&2
-    n=$((hard - 1000))
+        "measuring $fit connections instead of $n" >&2
+    n=$fit
     limit=$hard
 fi
 printf '| server | connections | answered | held at the end | RSS before MiB | RSS after MiB | bytes per connection |\n|---|---:|---:|---:|---:|---:|---:|\n'
@@ -76,7 +79,7 @@ def rss():
             return int(line.split()[1]) * 1024
 before = rss()
 req = b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n"
-socks, answered = [], 0
+socks, answered, read_upto = [], 0, 0
 sources = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 for i in range(n):
     s = socket.socket()
@@ -85,7 +88,8 @@ for i in range(n):
     socks.append(s)
     # Collect answers in batches so the server sees many requests at once.
     if len(socks) % 500 == 0 or i == n - 1:
-        for t in socks[-500:]:
+        batch, read_upto = socks[read_upto:], len(socks)
+        for t in batch:
             t.settimeout(10)
             got = b""
             while b"\r\n\r\n" not in got or len(got) < 1024:
@@ -110,5 +114,6 @@ print(f"| {server} | {n} | {answered} | {held} | {before / mib:.1f} | {after / m
       f"{(after - before) / n:.0f} |")
 PY
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+    grep -E "WARN|ERROR" "$work/$s.log" | head -3 >&2 || true
     sleep 1
 done

@@ -155,6 +155,8 @@ pub(crate) struct Conn {
     pub phase: Phase,
     /// When the connection times out, if it can.
     pub deadline: Option<Instant>,
+    /// It holds a place under the connection cap (it was not answered 503).
+    pub admitted: bool,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     head_started: Instant,
@@ -170,6 +172,7 @@ impl Conn {
             peer,
             phase: Phase::Reading,
             deadline: None,
+            admitted: false,
             rbuf: Vec::new(),
             wbuf: Vec::new(),
             head_started: now,

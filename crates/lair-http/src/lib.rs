@@ -186,8 +186,39 @@ pub(crate) struct ServerState {
     /// Connections open over all workers: `--max-connections` is a total, whichever worker
     /// the kernel hands a connection to.
     pub open: std::sync::atomic::AtomicUsize,
+    /// Connections admitted (not answered 503) and still open, over all workers: at most
+    /// `max_open`.
+    pub admitted: std::sync::atomic::AtomicUsize,
+    /// The connection cap in force: `--max-connections`, lowered to what the descriptor limit
+    /// leaves after a headroom for files, the log and the engine ([`connection_cap`]).
+    pub max_open: usize,
     /// Watches the small-file cache's entries for changes (`None`: no cache, or no inotify).
     pub watcher: Option<Arc<lair_io::Watcher>>,
+}
+
+/// `--max-connections`, or less when the descriptor limit `nofile` would run out first. A
+/// connection may need two descriptors — its socket and the file it is sending (a miss opens
+/// one per request until the cache has it; a large file is held for the whole transfer) — so
+/// the cap is half of what remains after 64 for the server itself (listeners, the engine, the
+/// log, the root); nginx's documentation gives the same rule (`worker_rlimit_nofile` twice
+/// `worker_connections`). Found by the flaky-test hunt of issue 12: under
+/// `prlimit --nofile=256` on a loaded machine, 192 connections that all missed the cache at
+/// once opened 192 files, the opens failed with `EMFILE`, and 1,000 clients got 75 answers.
+/// Connections beyond the cap get 503.
+fn connection_cap(cfg: &ServerConfig, nofile: Option<u64>) -> usize {
+    let want = cfg.max_connections.max(1);
+    let Some(n) = nofile.and_then(|n| usize::try_from(n).ok()) else {
+        return want;
+    };
+    let cap = (n.saturating_sub(64) / 2).max(1);
+    if cap < want {
+        tracing::warn!(
+            "descriptor limit {n}: at most {cap} connections at once (--max-connections \
+             {want}; each may need a socket and a file, and 64 are kept for the server), 503 \
+             beyond — raise the limit (ulimit -n, LimitNOFILE=) for more"
+        );
+    }
+    cap.min(want)
 }
 
 /// A server with its sockets bound, not yet running.
@@ -247,6 +278,7 @@ impl Server {
             }
             addrs.push(addr);
         }
+        let max_open = connection_cap(&cfg, setup::nofile_limit());
         let watcher = if cfg.file_cache_ttl.is_zero() || cfg.file_cache_entries == 0 {
             None
         } else {
@@ -270,6 +302,8 @@ impl Server {
                 stop: AtomicBool::new(false),
                 wakers: Mutex::new(Vec::new()),
                 open: std::sync::atomic::AtomicUsize::new(0),
+                admitted: std::sync::atomic::AtomicUsize::new(0),
+                max_open,
                 watcher,
             }),
             listeners,
@@ -525,6 +559,16 @@ mod tests {
     /// Issue 11: `Op::Close` used to be submitted under a listener's accept token; a close
     /// finished later was then taken for that listener's accept, and the worker submitted
     /// accepts on a listener that already had one parked (each failing with `EBUSY`).
+    #[test]
+    fn the_connection_cap_leaves_a_file_for_every_connection() {
+        let cfg = ServerConfig::default(); // --max-connections 10000
+        assert_eq!(super::connection_cap(&cfg, None), 10_000);
+        assert_eq!(super::connection_cap(&cfg, Some(1 << 20)), 10_000);
+        assert_eq!(super::connection_cap(&cfg, Some(20_000)), 9_968);
+        assert_eq!(super::connection_cap(&cfg, Some(256)), 96);
+        assert_eq!(super::connection_cap(&cfg, Some(10)), 1, "never 0");
+    }
+
     #[test]
     fn a_close_that_finishes_later_is_not_taken_for_an_accept() {
         let mut cfg = ServerConfig::new(std::env::temp_dir());

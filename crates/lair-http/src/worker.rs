@@ -93,7 +93,7 @@ fn token(idx: u32, gen: u32) -> Token {
 
 impl<B: Backend, S: Scheduler> Worker<B, S> {
     pub fn new(id: usize, engine: B, shared: Arc<ServerState>, listeners: Vec<OwnedFd>) -> Self {
-        let cap = shared.cfg.max_connections.max(1);
+        let cap = shared.max_open;
         let now = Instant::now();
         let log = shared.log.as_ref().map(|fd| LogState {
             fd: Arc::clone(fd),
@@ -345,6 +345,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             log,
             cache,
             bufs,
+            cap,
             ..
         } = self;
         let slot = slots.get_mut(w.idx as usize)?;
@@ -365,10 +366,24 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             stopping: self.stopping,
         };
         let next = match w.input {
-            Input::Start if shared.open.load(Ordering::Relaxed) > self.cap => {
-                conn.overloaded(&mut cx)
+            // Admitted in the order connections start, up to the cap over all workers; a
+            // connection accepted but not yet started holds no place, so a batch of accepts
+            // cannot push earlier connections out (the flaky-test hunt of issue 12 found the
+            // first of each batch answered 503 while later ones were served).
+            Input::Start => {
+                let admitted = shared
+                    .admitted
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                        (a < *cap).then_some(a + 1)
+                    })
+                    .is_ok();
+                if admitted {
+                    conn.admitted = true;
+                    conn.step(&mut cx, None)
+                } else {
+                    conn.overloaded(&mut cx)
+                }
             }
-            Input::Start => conn.step(&mut cx, None),
             Input::Done(c) => conn.step(&mut cx, Some(c)),
         };
         match next {
@@ -395,6 +410,9 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         self.free.push(idx);
         self.live -= 1;
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        if conn.admitted {
+            self.shared.admitted.fetch_sub(1, Ordering::AcqRel);
+        }
         // Cancels a parked operation; a helper still running on the socket holds its own
         // reference, and its late completion is dropped by the generation check.
         self.submit_close(conn.sock);

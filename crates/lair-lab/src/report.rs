@@ -140,8 +140,13 @@ fn server_order(r: &Results) -> Vec<String> {
     names
 }
 
+/// Three significant figures or so: `12,345`, `123`, `12.3`, `1.23`. The precision is chosen
+/// from the value as it will print, so `99.99999999999999` and `100.00000000000001` (one
+/// figure computed in memory, the other read back from results.json) both print `100` — they
+/// used to print `100.0` and `100`, and `lair lab report` rebuilt a different summary (found
+/// by the flaky-test hunt of issue 12).
 fn fmt_num(x: f64) -> String {
-    if x >= 100.0 {
+    if (x * 10.0).round() >= 1000.0 {
         let n = x.round() as u64;
         let s = n.to_string();
         let mut out = String::new();
@@ -152,7 +157,7 @@ fn fmt_num(x: f64) -> String {
             out.push(c);
         }
         out
-    } else if x >= 10.0 {
+    } else if (x * 100.0).round() >= 1000.0 {
         format!("{x:.1}")
     } else {
         format!("{x:.2}")
@@ -475,6 +480,12 @@ mod tests {
         );
         assert_eq!(spread(vec![4.0, 1.0]).median, 2.5);
         assert_eq!(spread(vec![]), Spread::default());
+        // Either side of a precision boundary prints the same.
+        assert_eq!(fmt_num(99.99999999999999), fmt_num(100.00000000000001));
+        assert_eq!(fmt_num(99.96), "100");
+        assert_eq!(fmt_num(9.999), "10.0");
+        assert_eq!(fmt_num(9.99), "9.99");
+        assert_eq!(fmt_num(1234.4), "1,234");
         assert_eq!(fmt_num(1_234_567.4), "1,234,567");
         assert_eq!(fmt_num(12.34), "12.3");
         assert_eq!(fmt_num(0.5), "0.50");

@@ -225,7 +225,11 @@ pub fn start(spec: &ServerSpec, place: &Place<'_>) -> anyhow::Result<ServerProce
                     .status()
                     .is_ok_and(|s| s.success());
                 if !ok {
-                    bail!("{}: cannot give {} to user {u}", spec.name, place.work.display());
+                    bail!(
+                        "{}: cannot give {} to user {u}",
+                        spec.name,
+                        place.work.display()
+                    );
                 }
                 let group = Command::new("id")
                     .args(["-gn", u])
@@ -234,8 +238,12 @@ pub fn start(spec: &ServerSpec, place: &Place<'_>) -> anyhow::Result<ServerProce
                     .filter(|o| o.status.success())
                     .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                     .with_context(|| format!("{}: no user {u}", spec.name))?;
-                cmd.args(["setpriv", &format!("--reuid={u}"), &format!("--regid={group}")])
-                    .args(["--clear-groups", "--"]);
+                cmd.args([
+                    "setpriv",
+                    &format!("--reuid={u}"),
+                    &format!("--regid={group}"),
+                ])
+                .args(["--clear-groups", "--"]);
             }
             cmd.arg(place.lair)
                 .arg("serve")

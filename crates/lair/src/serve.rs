@@ -110,13 +110,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let stats_json = cfg.stats_json.clone();
     match lair_io::setup::raise_nofile_limit() {
-        // Each connection is one descriptor; files in the cache and the engine take more.
-        Ok(n) if n < cfg.max_connections as u64 + 64 => tracing::warn!(
-            "descriptor limit {n} is below --max-connections {} (plus the server's own): \
-             connections beyond it wait until others close (raise it with ulimit -n or \
-             LimitNOFILE=)",
-            cfg.max_connections
-        ),
         Ok(n) => tracing::debug!("descriptor limit {n}"),
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
     }

@@ -484,7 +484,7 @@ fn descriptor_exhaustion_backs_off_without_spinning() {
     .unwrap();
     let site = Site::new();
     for b in BACKENDS {
-        let srv = Opts::new(&site.root, b)
+        let mut srv = Opts::new(&site.root, b)
             .wrapper(["prlimit", "--nofile=256:256", "--"])
             .workers(1)
             .start();
@@ -496,17 +496,31 @@ fn descriptor_exhaustion_backs_off_without_spinning() {
             c.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
                 .unwrap();
         }
-        // It serves what it can: every connection it could accept is answered (they stay
-        // open, keep-alive, so the rest wait in the backlog).
-        let mut answered = 0;
-        for c in &mut conns {
-            c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-            let mut buf = [0u8; 512];
-            if matches!(c.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200")) {
-                answered += 1;
-            }
+        // It serves what it can: the connections the descriptor limit leaves room for (96 of
+        // 256: each may need a socket and a file) are answered and stay open, keep-alive;
+        // those beyond get 503 and are closed, and the rest wait in the backlog.
+        // Polled without a per-client timeout: on a loaded machine an answer may take a while,
+        // and a short read timeout counted slow answers as none (the flaky-test hunt).
+        for c in &conns {
+            c.set_nonblocking(true).unwrap();
         }
-        assert!(answered >= 100, "{b}: only {answered} of 1000 answered");
+        let mut answered = vec![false; conns.len()];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while answered.iter().filter(|&&a| a).count() < 96 && Instant::now() < deadline {
+            for (c, done) in conns
+                .iter_mut()
+                .zip(answered.iter_mut())
+                .filter(|(_, d)| !**d)
+            {
+                let mut buf = [0u8; 512];
+                if matches!(c.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200")) {
+                    *done = true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let answered = answered.iter().filter(|&&a| a).count();
+        assert!(answered >= 96, "{b}: only {answered} of 1000 answered");
         let before = srv.cpu_time();
         std::thread::sleep(Duration::from_secs(1));
         let spent = srv.cpu_time() - before;
@@ -532,8 +546,15 @@ fn descriptor_exhaustion_backs_off_without_spinning() {
                 "{b}: not serving after the storm"
             );
         }
-        let log = srv.stderr_lines().join("\n");
-        assert!(log.contains("pausing accepts"), "{b}: {log}");
+        let log = srv.stop().join("\n");
+        assert!(
+            log.contains("descriptor limit 256: at most 96 connections"),
+            "{b}: {log}"
+        );
+        assert!(
+            !log.contains(" 0 overload 503s"),
+            "{b}: the excess got 503: {log}"
+        );
     }
 }
 

@@ -146,6 +146,11 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// The soft descriptor limit (`None`: unlimited).
+pub fn nofile_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
 /// Raise the soft descriptor limit to the hard limit — as far as the process may go without
 /// overriding what its operator set (`ulimit -Hn`, systemd's `LimitNOFILE=`, `prlimit`), even
 /// when privileged; returns the new soft limit.
