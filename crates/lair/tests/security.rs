@@ -129,3 +129,44 @@ fn names_never_inject_into_the_log_the_page_or_a_redirect() {
         assert!(text.contains("\"r\\x22e\\x5Cf\""), "{b}: {text}");
     }
 }
+
+/// A 5 GiB sparse file: its length and ranges past 4 GiB are exact on every backend (no
+/// 32-bit offset anywhere), and a range at its very end is answered without reading the rest.
+#[test]
+fn a_five_gib_sparse_file_has_exact_lengths_and_ranges() {
+    let site = Site::new();
+    let len: u64 = 5 << 30;
+    let f = std::fs::File::create(site.path("sparse.bin")).unwrap();
+    f.set_len(len).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"END!", len - 4).unwrap();
+    drop(f);
+    for b in BACKENDS {
+        let srv = Opts::new(&site.root, b).start();
+        let mut c = srv.connect();
+        let r = c.request("HEAD", "/sparse.bin", &[]);
+        assert_eq!(r.header("content-length"), Some("5368709120"), "{b}");
+        let from = len - 10;
+        let r = c.request(
+            "GET",
+            "/sparse.bin",
+            &[("Range", &format!("bytes={from}-"))],
+        );
+        assert_eq!(r.status, 206, "{b}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {from}-{}/{len}", len - 1).as_str()),
+            "{b}"
+        );
+        assert_eq!(r.body, b"\0\0\0\0\0\0END!", "{b}");
+        let r = c.request(
+            "GET",
+            "/sparse.bin",
+            &[("Range", "bytes=4294967296-4294967299")],
+        );
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (206, &[0u8; 4][..]),
+            "{b}: past 4 GiB"
+        );
+    }
+}
