@@ -162,6 +162,9 @@ pub(crate) struct Conn {
     head_started: Instant,
     served: u32,
     discard: u64,
+    /// Bytes at the start of `rbuf` known to hold no end of a head (so a head arriving in
+    /// pieces is parsed once it can be complete, not once per piece).
+    scanned: usize,
     req: Req,
 }
 
@@ -178,6 +181,7 @@ impl Conn {
             head_started: now,
             served: 0,
             discard: 0,
+            scanned: 0,
             req: Req::default(),
         }
     }
@@ -253,6 +257,7 @@ impl Conn {
             if self.rbuf.capacity() > 4 * RECV_BYTES {
                 // It once held a large head; do not keep that much while idle.
                 self.rbuf = Vec::new();
+                self.scanned = 0;
             }
         }
         self.recv_op()
@@ -294,6 +299,7 @@ impl Conn {
                 .unwrap_or(usize::MAX)
                 .min(self.rbuf.len());
             self.rbuf.drain(..k);
+            self.scanned = 0;
             self.discard -= k as u64;
             if self.discard > 0 {
                 return self.recv(cx);
@@ -306,8 +312,16 @@ impl Conn {
             }
             return self.recv(cx);
         }
-        match request::parse(&self.rbuf, &cx.cfg.limits()) {
-            Ok(Parsed::Partial) => self.recv(cx),
+        let limits = cx.cfg.limits();
+        if !request::worth_parsing(&self.rbuf, self.scanned, &limits) {
+            self.scanned = self.rbuf.len();
+            return self.recv(cx);
+        }
+        match request::parse(&self.rbuf, &limits) {
+            Ok(Parsed::Partial) => {
+                self.scanned = self.rbuf.len();
+                self.recv(cx)
+            }
             Err(r) => {
                 // A refused request is a request, and its log line says what it was.
                 cx.stats.requests += 1;
@@ -797,6 +811,7 @@ impl Conn {
         if let Some(head) = req.head {
             let used = head.len + req.chunked_wire;
             self.rbuf.drain(..used.min(self.rbuf.len()));
+            self.scanned = 0;
             self.discard = head.content_length;
         }
         self.head_started = cx.now;
