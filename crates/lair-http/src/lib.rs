@@ -158,22 +158,7 @@ pub struct Report {
     /// Per worker.
     pub workers: Vec<WorkerReport>,
     /// What watched the small-file cache's hot entries did (`None`: no watcher).
-    pub file_watch: Option<FileWatchReport>,
-}
-
-/// The file cache's watcher at shutdown ([`lair_io::watch::WatchStats`]).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct FileWatchReport {
-    /// Kernel watches added.
-    pub added: u64,
-    /// Entries that found their inode watched already.
-    pub attached: u64,
-    /// Idle watches removed.
-    pub removed: u64,
-    /// Entries told their file changed.
-    pub changed: u64,
-    /// Watches the kernel refused.
-    pub refused: u64,
+    pub file_watch: Option<lair_io::watch::WatchCounts>,
 }
 
 /// State every worker shares (read-only but for the stop flag and waker list).
@@ -479,17 +464,7 @@ impl Running {
             engine.merge(&w.engine);
             http.merge(&w.http);
         }
-        let file_watch = self.shared.watcher.as_ref().map(|w| {
-            let s = w.stats();
-            let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-            FileWatchReport {
-                added: n(&s.added),
-                attached: n(&s.attached),
-                removed: n(&s.removed),
-                changed: n(&s.changed),
-                refused: n(&s.refused),
-            }
-        });
+        let file_watch = self.shared.watcher.as_ref().map(|w| w.counts());
         Ok(Report {
             engine,
             http,

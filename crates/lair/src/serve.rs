@@ -168,7 +168,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         h.timeouts,
         h.overload_503
     );
-    let w = report.file_watch.clone().unwrap_or_default();
+    let w = report.file_watch.unwrap_or_default();
     crate::say!(
         "file cache: {} hits, {} misses, {} changed; hot files watched: {} added, {} attached, {} changed, {} refused",
         h.file_cache_hits,

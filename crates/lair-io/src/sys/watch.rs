@@ -75,19 +75,34 @@ struct Kernel {
     idle_since: Option<Instant>,
 }
 
-/// What the watcher has done, for reports and the cost measurement.
+/// What the watcher has done (kept as atomics; [`Watcher::counts`] reads them).
 #[derive(Debug, Default)]
-pub struct WatchStats {
+struct WatchStats {
     /// Kernel watches added (`inotify_add_watch`).
-    pub added: AtomicU64,
+    added: AtomicU64,
     /// Holders attached to a watch the inode already had (no system call).
-    pub attached: AtomicU64,
+    attached: AtomicU64,
     /// Kernel watches removed after their grace period.
-    pub removed: AtomicU64,
+    removed: AtomicU64,
     /// Holders told their file changed.
-    pub changed: AtomicU64,
+    changed: AtomicU64,
     /// Watches refused by the kernel.
-    pub refused: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// What the watcher has done so far, for the server's report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WatchCounts {
+    /// Kernel watches added (`inotify_add_watch`).
+    pub added: u64,
+    /// Holders attached to a watch the inode already had (no system call).
+    pub attached: u64,
+    /// Kernel watches removed after their grace period.
+    pub removed: u64,
+    /// Holders told their file changed.
+    pub changed: u64,
+    /// Watches refused by the kernel.
+    pub refused: u64,
 }
 
 /// A file being watched for one holder; dropping it lets the inode's watch go idle.
@@ -219,8 +234,16 @@ impl Watcher {
     }
 
     /// What it has done so far.
-    pub fn stats(&self) -> &WatchStats {
-        &self.shared.stats
+    pub fn counts(&self) -> WatchCounts {
+        let s = &self.shared.stats;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WatchCounts {
+            added: n(&s.added),
+            attached: n(&s.attached),
+            removed: n(&s.removed),
+            changed: n(&s.changed),
+            refused: n(&s.refused),
+        }
     }
 }
 
@@ -424,16 +447,16 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!e.changed(), "a file nobody touched is unchanged");
         drop((a, a2, late, b, c, d));
-        assert_eq!(w.stats().changed.load(Ordering::Relaxed), 6);
+        assert_eq!(w.counts().changed, 6);
         // The last holder of an unchanged file goes: its watch stays for the grace period,
         // and the next holder attaches to it without a system call.
         drop(e);
         assert_eq!(w.holders(), 0);
-        let added = w.stats().added.load(Ordering::Relaxed);
+        let added = w.counts().added;
         let again = w.watch(&f, &st).unwrap();
         assert!(!again.changed());
-        assert_eq!(w.stats().added.load(Ordering::Relaxed), added, "attached");
-        assert_eq!(w.stats().attached.load(Ordering::Relaxed), 2);
+        assert_eq!(w.counts().added, added, "attached");
+        assert_eq!(w.counts().attached, 2);
     }
 
     #[test]
@@ -448,6 +471,6 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(10), "never removed");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(w.stats().removed.load(Ordering::Relaxed), 1);
+        assert_eq!(w.counts().removed, 1);
     }
 }
