@@ -143,8 +143,9 @@ fn empty_lines(buf: &[u8]) -> usize {
 /// once), when a line has ended since (a field may be malformed, or the head complete), or
 /// when a limit is passed. A long head that arrives a few bytes at a time is then parsed once
 /// per line, not once per piece, which was quadratic in its length (found by the `conn` fuzz
-/// target running at 700 inputs a second, most of them spent re-parsing). Measured (a 29 KB
-/// head sent one byte per packet, two runs each on a loaded machine): 1.24 and 1.11 s of
+/// target running at 700 inputs a second, most of them spent re-parsing). Measured with
+/// `scripts/trickle-head.py` (a 29 KB head sent one byte per packet, two runs each on a
+/// loaded machine): 1.24 and 1.11 s of
 /// server CPU before, 1.13 and 0.93 s after; the rest is one receive per packet, which a
 /// server cannot avoid (the header timeout bounds it).
 pub fn worth_parsing(buf: &[u8], scanned: usize, limits: &Limits) -> bool {
