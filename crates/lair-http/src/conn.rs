@@ -95,6 +95,11 @@ impl BufPool {
         self.free.pop().unwrap_or_default()
     }
 
+    /// Drop the spare buffers (the worker is idle).
+    pub fn clear(&mut self) {
+        self.free = Vec::new();
+    }
+
     fn give(&mut self, mut b: Vec<u8>) {
         if b.capacity() > 0 && b.capacity() <= Self::KEEP_BYTES && self.free.len() < Self::KEEP {
             b.clear();

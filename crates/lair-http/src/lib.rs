@@ -103,6 +103,8 @@ pub struct HttpStats {
     pub overload_503: u64,
     /// Times accepting paused for lack of descriptors.
     pub accept_backoffs: u64,
+    /// Times a worker handed idle memory back after a burst of connections.
+    pub memory_releases: u64,
     /// Responses cut short because the file changed under them.
     pub file_changed: u64,
     /// Open-file cache hits.
@@ -126,6 +128,7 @@ impl HttpStats {
         self.timeouts += o.timeouts;
         self.overload_503 += o.overload_503;
         self.accept_backoffs += o.accept_backoffs;
+        self.memory_releases += o.memory_releases;
         self.file_changed += o.file_changed;
         self.file_cache_hits += o.file_cache_hits;
         self.file_cache_misses += o.file_cache_misses;
@@ -493,6 +496,9 @@ mod tests {
 
     impl<B: Backend> Backend for LateClose<B> {
         const NAME: &'static str = "late-close";
+        fn release_idle(&mut self) {
+            self.inner.release_idle();
+        }
         fn new(config: &EngineConfig) -> Result<Self, lair_io::Error> {
             Ok(LateClose {
                 inner: B::new(config)?,

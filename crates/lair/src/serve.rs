@@ -109,6 +109,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let stats_json = cfg.stats_json.clone();
+    if !lair_io::setup::one_allocator_arena() {
+        tracing::debug!("the allocator keeps an arena per thread (not glibc)");
+    }
     match lair_io::setup::raise_nofile_limit() {
         Ok(n) => tracing::debug!("descriptor limit {n}"),
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),

@@ -3,7 +3,8 @@
 //! Why: lazy asynchronous I/O sends only the calls that would block to a helper; everything
 //! else stays on the loop. The pool grows on demand up to its bound (the thesis's free list is
 //! the set of idle threads waiting on the condition variable; its active list is the set
-//! running a job) and never shrinks while the engine lives.
+//! running a job); when the loop goes quiet it retires the idle ones ([`Helpers::retire_idle`]),
+//! so a burst of blocking calls does not leave 32 threads and their stacks and arenas behind.
 //!
 //! Completions go to a queue shared with the loop; the helper that makes the queue non-empty
 //! signals the loop's eventfd. The loop reads the eventfd *before* it drains the queue, so a
@@ -63,6 +64,10 @@ pub(crate) struct JobMeta {
 struct Queue {
     jobs: VecDeque<Job>,
     idle: usize,
+    /// Threads running (or starting): the bound applies to these.
+    live: usize,
+    /// Threads that find no job exit (set when the loop goes quiet, cleared by new work).
+    retire: bool,
     stop: bool,
 }
 
@@ -77,6 +82,8 @@ struct PoolState {
 pub(crate) struct Helpers {
     shared: Arc<PoolState>,
     threads: Vec<JoinHandle<()>>,
+    /// Threads started so far (retired ones included).
+    started: usize,
     max: usize,
     name: &'static str,
     /// Where helper threads run (the placement's engine CPUs; empty: anywhere).
@@ -97,6 +104,8 @@ impl Helpers {
                 queue: Mutex::new(Queue {
                     jobs: VecDeque::new(),
                     idle: 0,
+                    live: 0,
+                    retire: false,
                     stop: false,
                 }),
                 work: Condvar::new(),
@@ -104,6 +113,7 @@ impl Helpers {
                 wake,
             }),
             threads: Vec::new(),
+            started: 0,
             max: max.max(1),
             name,
             cpus: cpus.to_vec(),
@@ -112,7 +122,7 @@ impl Helpers {
 
     /// Threads started so far.
     pub fn threads(&self) -> usize {
-        self.threads.len()
+        self.started
     }
 
     /// Queue `job`; start a thread if every running one is busy and the bound allows.
@@ -120,9 +130,16 @@ impl Helpers {
         let need_thread = {
             let mut q = lock(&self.shared.queue);
             q.jobs.push_back(job);
-            q.jobs.len() > q.idle
+            q.retire = false;
+            let need = q.jobs.len() > q.idle && q.live < self.max;
+            if need {
+                q.live += 1;
+            }
+            need
         };
-        if need_thread && self.threads.len() < self.max {
+        if need_thread {
+            // Handles of retired threads (finished) are let go.
+            self.threads.retain(|h| !h.is_finished());
             let shared = Arc::clone(&self.shared);
             let cpus = self.cpus.clone();
             let spawned = std::thread::Builder::new()
@@ -134,12 +151,26 @@ impl Helpers {
                     helper_main(&shared)
                 });
             match spawned {
-                Ok(h) => self.threads.push(h),
+                Ok(h) => {
+                    self.threads.push(h);
+                    self.started += 1;
+                }
                 // Out of threads: the queued job waits for a running helper.
-                Err(e) => tracing::warn!("cannot start a helper thread: {e}"),
+                Err(e) => {
+                    lock(&self.shared.queue).live -= 1;
+                    tracing::warn!("cannot start a helper thread: {e}");
+                }
             }
         }
         self.shared.work.notify_one();
+    }
+
+    /// Let every thread without a job exit (the loop has gone quiet): the idle ones now,
+    /// the busy ones when they finish, until the next [`submit`](Helpers::submit) — which
+    /// starts a thread again if none is left to take its job.
+    pub fn retire_idle(&mut self) {
+        lock(&self.shared.queue).retire = true;
+        self.shared.work.notify_all();
     }
 
     /// Move every finished job into `out`.
@@ -171,6 +202,10 @@ fn helper_main(shared: &PoolState) {
                 }
                 if let Some(j) = q.jobs.pop_front() {
                     break j;
+                }
+                if q.retire {
+                    q.live -= 1;
+                    return;
                 }
                 q.idle += 1;
                 q = shared.work.wait(q).unwrap_or_else(PoisonError::into_inner);

@@ -67,6 +67,9 @@ pub trait Backend: Sized + 'static {
     fn counters(&self) -> Counters;
     /// Helper threads started so far.
     fn helper_threads(&self) -> usize;
+    /// Give back what a burst left behind: tables sized for more descriptors or operations
+    /// than are in use now, spare buffers. The event loop calls it when it has gone quiet.
+    fn release_idle(&mut self) {}
 }
 
 /// Wakes a backend's `poll` from another thread.

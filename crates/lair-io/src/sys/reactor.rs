@@ -194,6 +194,23 @@ impl<P: Policy> Backend for Readiness<P> {
         self.counters.clone()
     }
 
+    fn release_idle(&mut self) {
+        self.helpers.retire_idle();
+        // A slot is empty once its descriptor was closed (`Op::Close` resets it).
+        while self
+            .slots
+            .last()
+            .is_some_and(|s| s.owner == 0 && s.read.is_none() && s.write.is_none())
+        {
+            self.slots.pop();
+        }
+        self.slots.shrink_to_fit();
+        self.raw.shrink_to(256);
+        self.events.shrink_to(256);
+        self.cancelled.shrink_to_fit();
+        self.finished.shrink_to_fit();
+    }
+
     fn helper_threads(&self) -> usize {
         self.helpers.threads()
     }

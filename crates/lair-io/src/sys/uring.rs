@@ -295,6 +295,23 @@ impl Backend for UringBackend {
         self.counters.clone()
     }
 
+    fn release_idle(&mut self) {
+        self.helpers.retire_idle();
+        // A `None` flight has nothing in the ring under its id; a late completion for a
+        // dropped id finds no flight and is ignored.
+        while self.flights.last().is_some_and(Option::is_none) {
+            self.flights.pop();
+        }
+        let n = self.flights.len();
+        self.free.retain(|&i| i < n);
+        self.flights.shrink_to_fit();
+        self.free.shrink_to_fit();
+        self.stages = Vec::new();
+        self.cqes.shrink_to(256);
+        self.ready.shrink_to_fit();
+        self.finished.shrink_to_fit();
+    }
+
     fn helper_threads(&self) -> usize {
         self.helpers.threads()
     }
