@@ -254,6 +254,9 @@ pub struct Experiment {
     /// Values for `${name}`.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// A soak instead of a grid of runs (`crate::soak`): its phases and loads.
+    #[serde(default)]
+    pub soak: Option<crate::soak::SoakSpec>,
 }
 
 fn one() -> u64 {
@@ -270,7 +273,7 @@ fn ten_seconds() -> Duration {
 }
 
 /// `"5s"`, `"500ms"`, `"2m"` as a duration in experiment files.
-mod humantime_serde_lite {
+pub(crate) mod humantime_serde_lite {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

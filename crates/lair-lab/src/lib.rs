@@ -29,4 +29,5 @@ pub mod report;
 pub mod results;
 pub mod run;
 pub mod servers;
+pub mod soak;
 pub mod workload;

@@ -20,6 +20,9 @@ pub struct Sample {
     pub involuntary_cs: u64,
     /// Resident memory now, KiB.
     pub rss_kib: u64,
+    /// Of it, anonymous memory (`RssAnon`: heap, stacks — what the server allocated; the
+    /// rest is its binary's and libraries' pages, which grow as more of their code runs).
+    pub anon_kib: u64,
     /// Peak resident memory, KiB (`VmHWM`, summed over processes).
     pub peak_rss_kib: u64,
     /// Threads.
@@ -35,6 +38,7 @@ impl Sample {
             voluntary_cs: self.voluntary_cs.saturating_sub(before.voluntary_cs),
             involuntary_cs: self.involuntary_cs.saturating_sub(before.involuntary_cs),
             rss_kib: self.rss_kib,
+            anon_kib: self.anon_kib,
             peak_rss_kib: self.peak_rss_kib,
             threads: self.threads,
         }
@@ -106,6 +110,7 @@ fn sample_pids(pids: &[u32]) -> Option<Sample> {
         s.threads += num(20);
         let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
         s.rss_kib += status_kib(&status, "VmRSS:");
+        s.anon_kib += status_kib(&status, "RssAnon:");
         s.peak_rss_kib += status_kib(&status, "VmHWM:");
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
             for t in tasks.flatten() {

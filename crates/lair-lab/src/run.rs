@@ -156,21 +156,32 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
     let t0 = Instant::now();
     let mut servers = x.server_specs()?;
     if let Some(only) = &opts.only_servers {
-        // `NAME@USER`: the experiment's lair server NAME, run as USER.
-        servers = servers
-            .into_iter()
-            .flat_map(|s| {
-                only.iter()
-                    .filter_map(move |o| crate::servers::as_user(&s, o))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        if servers.is_empty() {
-            bail!(
-                "--servers {} matches none of the experiment's servers",
-                only.join(",")
-            );
+        // `NAME@USER`: the experiment's lair server NAME, run as USER; a built-in name the
+        // experiment does not list is run too (`--servers nginx` against a lair-only soak).
+        let mut picked = Vec::new();
+        for o in only {
+            let mine: Vec<_> = servers
+                .iter()
+                .filter_map(|s| crate::servers::as_user(s, o))
+                .collect();
+            if !mine.is_empty() {
+                picked.extend(mine);
+            } else if let Some(b) = crate::servers::builtin(o) {
+                picked.push(b);
+            } else {
+                bail!(
+                    "--servers {o}: neither one of the experiment's servers ({}) nor a built-in \
+                     one ({})",
+                    servers
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    crate::servers::builtin_names().join(", ")
+                );
+            }
         }
+        servers = picked;
     }
     for s in &servers {
         servers::check_installed(s)?;
@@ -198,6 +209,27 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
     // Absolute, for the same reason as the data directory (config and pid file paths).
     let dir = std::fs::canonicalize(&dir)?;
     let work = dir.join("work");
+    if let Some(spec) = &x.soak {
+        let p = prepared
+            .first()
+            .context("a soak needs a [[workload]]: the trace it replays")?;
+        fileset::warm_cache(&p.files[0])?;
+        let setup = crate::soak::Setup {
+            x,
+            spec,
+            root: &p.fileset.root,
+            trace: (&p.requests[0].0, &p.requests[0].1),
+            work: &work,
+            lair: &opts.lair,
+            cpus,
+            cancel: Arc::clone(&opts.cancel),
+        };
+        let r = crate::soak::run(&setup, &servers, opts.quick, &dir);
+        let _ = std::fs::remove_dir_all(&work);
+        return r
+            .map(|()| dir.clone())
+            .with_context(|| format!("results written to {}", dir.display()));
+    }
     let mut results = Results {
         experiment: x.clone(),
         quick: opts.quick,

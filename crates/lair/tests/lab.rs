@@ -7,6 +7,9 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+/// Where the lab writes filesets: shared by the tests, so each is made once.
+const LAB_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/lab-data");
+
 fn lair() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lair"));
     // Experiments are found relative to the repository root.
@@ -29,11 +32,7 @@ fn run(out: &Path, args: &[&str]) -> (std::path::PathBuf, serde_json::Value) {
         .arg("--quick")
         .arg("--out")
         .arg(out)
-        .arg("--data")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../target/lab-data"
-        ))
+        .args(["--data", LAB_DATA])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -113,12 +112,13 @@ fn peers_quick_validates_every_response() {
 
 const LOG_LINE: &str = "h - - [01/Aug/1995:00:00:{s:02} -0400] \"GET /{p} HTTP/1.0\" 200 {b}\n";
 
-#[test]
-fn imported_log_replays_through_the_trace_experiment() {
-    let tmp = tempfile::tempdir().unwrap();
+/// Write an access log of 600 requests over 40 files under directories `{dir}0..2` (and one
+/// malformed line) into `tmp` and `lair lab import` it; the trace folder and the importer's
+/// standard error.
+fn import_trace(tmp: &Path, dir: &str) -> (std::path::PathBuf, String) {
     let mut log = String::new();
     for i in 0..600u32 {
-        let p = format!("d{}/f{}.html", i % 3, (i * 7) % 40);
+        let p = format!("{dir}{}/f{}.html", i % 3, (i * 7) % 40);
         let b = 100 + (i * 7) % 40 * 997;
         log.push_str(
             &LOG_LINE
@@ -128,16 +128,24 @@ fn imported_log_replays_through_the_trace_experiment() {
         );
     }
     log.push_str("garbage line\n");
-    std::fs::write(tmp.path().join("access.log"), log).unwrap();
-    let trace = tmp.path().join("trace");
+    std::fs::write(tmp.join("access.log"), log).unwrap();
+    let trace = tmp.join("trace");
     let o = lair()
         .args(["lab", "import"])
-        .arg(tmp.path().join("access.log"))
+        .arg(tmp.join("access.log"))
         .arg(&trace)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("malformed 1"));
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{stderr}");
+    (trace, stderr)
+}
+
+#[test]
+fn imported_log_replays_through_the_trace_experiment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (trace, stderr) = import_trace(tmp.path(), "d");
+    assert!(stderr.contains("malformed 1"));
     assert_eq!(
         std::fs::read_to_string(trace.join("trace.tsv"))
             .unwrap()
@@ -367,4 +375,73 @@ device = { latency = "2ms", channels = 4 }
     // The mount over the fileset is gone.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains("lair-lab-disk"), "{mounts}");
+}
+
+#[test]
+fn soak_quick_passes_and_samples_every_second() {
+    // A trace of its own (CI has no ../shared/traces): 40 files in 600 requests.
+    let tmp = tempfile::tempdir().unwrap();
+    let (trace, _) = import_trace(tmp.path(), "s");
+    let o = lair()
+        .args(["lab", "run", "soak", "--quick", "--set"])
+        .arg(format!("trace={}", trace.display()))
+        .arg("--out")
+        .arg(tmp.path())
+        .args(["--data", LAB_DATA])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap_or_default();
+    assert!(o.status.success(), "soak failed: {stderr}\n{summary}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("soak.json")).unwrap()).unwrap();
+    let run = &j["runs"][0];
+    assert_eq!(run["server"], "lair-lazy");
+    assert!(run["failures"].as_array().unwrap().is_empty(), "{run:#}");
+    // Every phase ran, and the sampler read the server about once a second throughout.
+    let phases: Vec<&str> = run["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    for p in [
+        "warm-up",
+        "warm-up flood",
+        "mixed",
+        "flood",
+        "pipelined",
+        "settle",
+    ] {
+        assert!(phases.contains(&p), "{phases:?}");
+    }
+    let took = run["took_s"].as_f64().unwrap();
+    let samples = run["samples"].as_array().unwrap();
+    assert!(
+        samples.len() as f64 >= took * 0.8,
+        "{} samples in {took} s",
+        samples.len()
+    );
+    assert!(samples
+        .iter()
+        .any(|s| s["connections"].as_u64() >= Some(1500)));
+    // The load really ran: the pipelined phase's 20,000, every churn kind, idle connections.
+    let count = |comp: &str, kind: &str| {
+        run["outcomes"][comp]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == kind)
+            .map_or(0, |o| o["count"].as_u64().unwrap())
+    };
+    assert!(count("pipeline", "ok") >= 20_000);
+    for kind in ["rewrite", "truncate", "rename"] {
+        assert!(count("changes", kind) > 0, "{kind}");
+    }
+    assert!(count("churn", "ok") > 0 && count("idle", "answered") > 0);
+    assert_eq!(run["flood_held"], 1500);
+    for f in ["samples.csv", "summary.md", "soak-lair-lazy.svg"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
 }
