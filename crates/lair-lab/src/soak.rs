@@ -3,10 +3,13 @@
 //!
 //! Phases, in order, against one freshly started server:
 //!
-//! 1. **warm-up** (`warmup`): the mixed load below, briefly, so that what a server allocates
-//!    once (its caches, its connection slab, the allocator's arenas) is allocated;
+//! 1. **warm-up** (`warmup`): the mixed load below, then a short flood and a tenth of the
+//!    pipelined phase, so that every path has run once and what a server grows once (helper
+//!    threads, its descriptor table, the allocator's arenas) is grown; it should outlast the
+//!    server's keep-alive timeout (30 s), or the timeout path first runs after the baseline;
 //! 2. **settle**, then the **baseline**: every client connection closed, the server back to
-//!    its idle descriptors, its file cache expired; RSS and descriptors read;
+//!    its idle descriptors, then 10 s idle (past its file cache's expiry and lair's hand-back
+//!    of idle memory); RSS, anonymous RSS and descriptors read;
 //! 3. **mixed** (`duration`), all at once: the experiment's trace in closed loop (`clients`
 //!    connections, every body checked against the manifest); slow readers downloading large
 //!    files through a small receive buffer at a capped rate; clients that vanish mid-response
@@ -22,9 +25,13 @@
 //! Pass: 0 unexpected outcomes, every response correct — against the manifest, or for a
 //! churned file against the versions it held while the response was in flight, or cut short
 //! because the soak truncated the file meanwhile (never a wrong byte, never a stale body more
-//! than `stale_grace` after a change) — and the final RSS and descriptors within `tolerance`
-//! of the baseline. Why the baseline follows a warm-up: a leak is growth from one idle,
-//! warmed-up state to the next; the first touch of a cache or an arena is not.
+//! than `stale_grace` after a change) — the flood held as many connections as the server's
+//! cap allows, and the final RSS and descriptors within `tolerance` of the baseline.
+//! Why the baseline follows a warm-up: a leak is growth from one idle, warmed-up state to the
+//! next; the first touch of a cache or an arena is not. Anonymous RSS (what the server
+//! allocated) is reported beside RSS.
+//! One kind of wrong byte is the kernel's, not the server's, and is shown apart
+//! (`zeroed_tail`).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -737,11 +744,17 @@ fn churn_client(
                 t.add(kind);
                 kind == "ok" || kind == "late_within_grace" || kind == "mixed_versions"
             }
-            Ok(_) => {
+            Ok(r) => {
+                seen.example(format!("status: {} answered {}", f.url, r.status));
                 t.add("status");
                 false
             }
-            Err(_) => {
+            Err(e) => {
+                seen.example(format!(
+                    "io: {} after {:.1} ms: {e}",
+                    f.url,
+                    done.duration_since(sent).as_secs_f64() * 1e3
+                ));
                 t.add("io");
                 false
             }
@@ -1102,7 +1115,7 @@ impl Live<'_> {
 pub struct IdleReading {
     /// RSS, KiB.
     pub rss_kib: u64,
-    /// Anonymous RSS, KiB: what the pass criterion compares.
+    /// Anonymous RSS, KiB (reported; the pass criterion compares RSS).
     pub anon_kib: u64,
     /// Descriptors.
     pub fds: u64,
@@ -1566,15 +1579,16 @@ pub fn soak(s: &Setup<'_>, server: &ServerSpec) -> anyhow::Result<SoakRun> {
         ));
     }
     let near = |a: u64, b: u64| (a as f64 - b as f64).abs() <= spec.tolerance * b as f64;
-    // Anonymous memory: what the server allocated. Its binary's pages (RssFile) grow as
-    // more of its code runs — a flood runs the 503 path, a slow reader the stall timer — and
-    // are the page cache's, not a leak.
-    if !near(last.anon_kib, baseline.anon_kib) {
+    // RSS, as the issue asks. Anonymous RSS (what the server allocated; the rest is its
+    // binary's pages, which grow as more of its code runs) is reported beside it: it ends a
+    // fixed ~200-270 KB above its baseline whatever the length of the run (60 s, 90 s, 30
+    // min) or the number of file changes (18,000 or 52,000) — not growth with time or work,
+    // and not yet explained (docs/experiments/soak.md).
+    if !near(last.rss_kib, baseline.rss_kib) {
         failures.push(format!(
-            "anonymous RSS {} KiB at the end against {} KiB at the baseline (more than {:.0} % \
-             apart)",
-            last.anon_kib,
-            baseline.anon_kib,
+            "RSS {} KiB at the end against {} KiB at the baseline (more than {:.0} % apart)",
+            last.rss_kib,
+            baseline.rss_kib,
             spec.tolerance * 100.0
         ));
     }

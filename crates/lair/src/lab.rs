@@ -50,7 +50,8 @@ enum LabCommand {
         #[arg(long, default_value = "target/lab-data")]
         data: PathBuf,
     },
-    /// Rebuild the CSV, summary and plots of a results directory from its results.json.
+    /// Rebuild the CSV, summary and plots of a results directory from its results.json (a
+    /// soak's from its soak.json).
     Report {
         /// The results directory.
         dir: PathBuf,
@@ -183,6 +184,15 @@ pub fn run(a: LabArgs) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Report { dir } => {
+            let soak = dir.join("soak.json");
+            if soak.is_file() {
+                let text = std::fs::read_to_string(&soak)?;
+                let r: lair_lab::soak::SoakResults = serde_json::from_str(&text)
+                    .with_context(|| format!("reading {}", soak.display()))?;
+                lair_lab::soak::write(&dir, &r)?;
+                println!("{}", dir.join("summary.md").display());
+                return Ok(());
+            }
             let r = lair_lab::report::load(&dir)?;
             lair_lab::report::rebuild(&dir, &r)?;
             println!("{}", dir.join("summary.md").display());
