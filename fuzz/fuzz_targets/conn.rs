@@ -83,9 +83,13 @@ fuzz_target!(|data: &[u8]| {
         stream.chunks(usize::from(*piece)).collect()
     };
     let t = CONN.with(|c| c.borrow_mut().1.run(&pieces, send_max));
-    // Which answers were to HEAD: the log line's request line says.
+    // Which answers were to HEAD: the log line's request line says — its first quoted field,
+    // not any field (a User-Agent of `HEAD …` fooled the first version of this check).
     let log = String::from_utf8_lossy(&t.log);
-    let heads: Vec<bool> = log.lines().map(|l| l.contains("\"HEAD ")).collect();
+    let heads: Vec<bool> = log
+        .lines()
+        .map(|l| l.split_once("] \"").is_some_and(|(_, r)| r.starts_with("HEAD ")))
+        .collect();
     let finals = responses(&t.output, &heads);
     assert_eq!(finals, heads.len(), "responses vs log lines:\n{log}");
 });
