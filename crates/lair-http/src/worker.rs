@@ -424,7 +424,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         let Some(conn) = self.slots[idx as usize].conn.take() else {
             return;
         };
-        self.slots[idx as usize].gen = self.slots[idx as usize].gen.wrapping_add(1).max(1);
+        // The slot's generation stays: the next connection in it gets a new, unique one.
         self.free.push(idx);
         self.live -= 1;
         self.last_close = self.now;

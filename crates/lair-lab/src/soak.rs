@@ -299,11 +299,16 @@ fn zeroed_tail(body: &[u8], v: u32, cut: u64) -> bool {
     })
 }
 
-/// Whether `body` (from offset 0) matches version `v` throughout.
-fn matches(body: &[u8], v: u32) -> bool {
+/// Whether every byte of `body` (from offset 0) is one of `versions`' at its offset.
+fn from_versions(body: &[u8], versions: &[u32]) -> bool {
     body.iter()
         .enumerate()
-        .all(|(i, &b)| pattern_byte(v, i as u64) == b)
+        .all(|(i, &b)| versions.iter().any(|&v| pattern_byte(v, i as u64) == b))
+}
+
+/// Whether `body` (from offset 0) matches version `v` throughout.
+fn matches(body: &[u8], v: u32) -> bool {
+    from_versions(body, &[v])
 }
 
 /// Judge one response for a churned file: `cl` announced, `body` received (all of it, or
@@ -327,11 +332,7 @@ fn judge(
         v.dedup();
         v
     };
-    let explained = |body: &[u8]| {
-        body.iter()
-            .enumerate()
-            .all(|(i, &b)| versions.iter().any(|&v| pattern_byte(v, i as u64) == b))
-    };
+    let explained = |body: &[u8]| from_versions(body, &versions);
     if !complete {
         // Cut short: only a truncation during the response may do that. The bytes the file
         // kept must be right; past the shortest length it was cut to, a file being truncated
@@ -376,12 +377,7 @@ fn judge(
         .filter(|s| live(s))
         .map(|s| s.version)
         .collect();
-    let by_live = body.iter().enumerate().all(|(i, &b)| {
-        live_versions
-            .iter()
-            .any(|&v| pattern_byte(v, i as u64) == b)
-    });
-    if by_live {
+    if from_versions(body, &live_versions) {
         if states.iter().any(|s| live(s) && whole(s)) {
             return ("ok", None);
         }

@@ -188,9 +188,9 @@ pub fn cached_pages(file: &OwnedFd) -> io::Result<(u64, u64)> {
 pub fn one_allocator_arena() -> bool {
     #[cfg(target_env = "gnu")]
     {
+        #[allow(unsafe_code)]
         // SAFETY: mallopt takes two integers and changes a setting of the allocator under
         // its own lock; M_ARENA_MAX is a documented parameter.
-        #[allow(unsafe_code)]
         let r = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
         r == 1
     }
@@ -216,9 +216,9 @@ pub fn release_free_memory() -> bool {
         // Below the smallest mmap threshold (128 KiB), so it comes from this thread's arena;
         // black_box keeps the compiler from eliding the allocation.
         drop(std::hint::black_box(Vec::<u8>::with_capacity(96 * 1024)));
+        #[allow(unsafe_code)]
         // SAFETY: malloc_trim takes no pointer and only walks the allocator's own free lists
         // under its locks; calling it from any thread at any time is allowed.
-        #[allow(unsafe_code)]
         let r = unsafe { libc::malloc_trim(0) };
         r == 1
     }
