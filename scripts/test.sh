@@ -2,13 +2,27 @@
 # The test command: installs what the tests need (Debian packages, rustup components), then
 # checks formatting, runs clippy with warnings as errors, and runs every test.
 #
-#   ./scripts/test.sh            everything
+#   ./scripts/test.sh            everything (the whole suite on the defaults; the core subset,
+#                                tests/modes.rs, under every mode)
 #   ./scripts/test.sh -- NAME    cargo test filter passed through
+#   ./scripts/test.sh --matrix   also the whole end-to-end suite (crates/lair/tests) under every
+#                                combination of modes, each test over every backend
 #
 # A test that cannot run (not root, no kernel feature) says why; the list is printed at the
 # end, and as root (CI) a skipped test fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+matrix=0
+if [ "${1:-}" = "--matrix" ]; then
+  matrix=1
+  shift
+fi
+# Every combination of the mode settings beyond the defaults (one line each; the defaults
+# are the plain run). A new mode setting or value adds its lines here and to
+# crates/lair/tests/support/mod.rs MODES.
+combos=(
+  "--ecem dns"
+)
 
 # Commands the integration tests run, and the Debian package that has each.
 declare -A pkg_of=(
@@ -52,6 +66,13 @@ echo "test.sh: cargo test"
 skips=$(mktemp /tmp/lair-test-skips.XXXXXX)
 trap 'rm -f "$skips"' EXIT
 LAIR_TEST_SKIPS=$skips cargo test --workspace --locked "${@}"
+if [ "$matrix" -eq 1 ]; then
+  for m in "${combos[@]}"; do
+    echo "test.sh: the end-to-end suite under: $m"
+    LAIR_TEST_SKIPS=$skips LAIR_TEST_MODE="$m" cargo test -p lair --locked --tests "${@}"
+  done
+  echo "test.sh: matrix: the defaults and ${#combos[@]} mode combination(s), each end-to-end test over every backend"
+fi
 if [ -s "$skips" ]; then
   echo "test.sh: tests that did not run here:"
   sed 's/^/  skipped: /' "$skips"

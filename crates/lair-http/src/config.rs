@@ -131,6 +131,12 @@ lair_conf::settings! {
         /// megabytes for it; `0`: no limit (the kernel's default). See docs/SECURITY.md for
         /// the measurement behind 128k.
         notsent_lowat: u32 = "128k" as Size;
+        /// Event correlation (seed 000): `off`, or `dns` (disk-to-network splicing: each
+        /// sendfile sends the socket's free room under `--notsent-lowat`, from cached pages,
+        /// and reads the next window ahead). Readiness backends only (`uring` says so and
+        /// runs without it). `ded` (deferred event delivery) is refused until a body can be
+        /// sent through a process buffer (the thread model, the `copy` data path).
+        ecem: lair_io::EcemMode = "off" as Name;
         /// Write the engine counters and HTTP statistics as JSON to this file at exit.
         stats_json: Option<PathBuf> = "" as Path;
     }
@@ -154,6 +160,8 @@ impl ServerConfig {
             laio_ops: self.laio_ops,
             cpus,
             sendfile_window: self.sendfile_chunk,
+            ecem: self.ecem,
+            notsent_lowat: self.notsent_lowat,
         }
     }
 
@@ -182,6 +190,14 @@ impl ServerConfig {
                 "max-header-fields must be 1..={}",
                 crate::request::MAX_FIELDS
             ));
+        }
+        if self.ecem.ded {
+            return Err(
+                "ecem: `ded` holds disk reads of bodies sent through a process buffer, \
+                 which lair does not do yet (the thread model and the copy data path will): \
+                 use `off` or `dns`"
+                    .into(),
+            );
         }
         if self.max_connections == 0 || self.sendfile_chunk == 0 || self.backlog < 1 {
             return Err("max-connections, sendfile-chunk and backlog must be at least 1".into());

@@ -60,6 +60,8 @@ pub struct Counters {
     pub backend: &'static str,
     /// Times the loop woke from its wait.
     pub wakeups: u64,
+    /// What event correlation did, when it was on (`--ecem`).
+    pub ecem: Option<crate::ecem::EcemCounters>,
     ops: [OpCounters; OpKind::ALL.len()],
 }
 
@@ -110,6 +112,9 @@ impl Counters {
             self.backend = other.backend;
         }
         self.wakeups += other.wakeups;
+        if let Some(theirs) = &other.ecem {
+            self.ecem.get_or_insert_with(Default::default).merge(theirs);
+        }
         for (mine, theirs) in self.ops.iter_mut().zip(other.ops.iter()) {
             mine.merge(theirs);
         }
@@ -167,15 +172,19 @@ impl Counters {
 }
 
 impl Serialize for Counters {
-    /// `{"backend":..,"wakeups":..,"ops":{"open":{...},...}}`, only the kinds that were used.
+    /// `{"backend":..,"wakeups":..,"ops":{"open":{...},...}}`, only the kinds that were used;
+    /// `"ecem":{...}` too when event correlation was on.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let ops: std::collections::BTreeMap<&str, &OpCounters> =
             self.used().map(|(k, v)| (k.name(), v)).collect();
-        let mut st = s.serialize_struct("Counters", 3)?;
+        let mut st = s.serialize_struct("Counters", 4)?;
         st.serialize_field("backend", self.backend)?;
         st.serialize_field("wakeups", &self.wakeups)?;
         st.serialize_field("ops", &ops)?;
+        if let Some(e) = &self.ecem {
+            st.serialize_field("ecem", e)?;
+        }
         st.end()
     }
 }

@@ -28,10 +28,12 @@
 use std::io;
 
 pub mod counters;
+pub mod ecem;
 pub mod op;
 pub mod sys;
 
 pub use counters::{Counters, OpCounters};
+pub use ecem::{EcemCounters, EcemMode};
 pub use op::{
     Attempt, Call, Completion, FileStat, FileType, Op, OpKind, OpSet, Out, SharedFd, Submit, Token,
 };

@@ -33,6 +33,7 @@ use crate::op::{Completion, Op, OpSet, SharedFd, Submit, Token};
 use crate::Error;
 
 pub mod buf;
+mod correlate;
 mod exec;
 mod helpers;
 pub(crate) mod os;
@@ -101,6 +102,12 @@ pub struct EngineConfig {
     /// The most bytes one `Op::Sendfile` moves: what the server asks for (`--sendfile-chunk`),
     /// and the size of `uring`'s staging buffers, which stand in for `sendfile` there.
     pub sendfile_window: usize,
+    /// Event correlation (seed 000): deferred event delivery and disk-to-network splicing
+    /// (`--ecem`; readiness backends, see `correlate`).
+    pub ecem: crate::ecem::EcemMode,
+    /// The `TCP_NOTSENT_LOWAT` accepted sockets carry (0: none): what "room on the socket"
+    /// is measured against.
+    pub notsent_lowat: u32,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +118,8 @@ impl Default for EngineConfig {
             laio_ops: OpSet::ALL,
             cpus: Vec::new(),
             sendfile_window: 512 << 10,
+            ecem: crate::ecem::EcemMode::OFF,
+            notsent_lowat: 0,
         }
     }
 }

@@ -161,6 +161,72 @@ pub(crate) fn set_notsent_lowat(fd: &OwnedFd, bytes: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// What a connected TCP socket holds in its send queue: bytes not yet sent (`SIOCOUTQNSD`),
+/// bytes sent or not but not yet acknowledged (`SIOCOUTQ`), and its send buffer's size
+/// (`SO_SNDBUF`, the kernel's doubled figure, in the unit it compares the queue with).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SendQueue {
+    pub unsent: u64,
+    pub queued: u64,
+    pub sndbuf: u64,
+}
+
+/// Bytes of a TCP socket's send queue not yet sent (`SIOCOUTQNSD`).
+pub(crate) fn unsent_bytes(sock: &OwnedFd) -> io::Result<u64> {
+    #[allow(clippy::unnecessary_cast)]
+    sock_ioctl(sock, libc::SIOCOUTQNSD as libc::Ioctl)
+}
+
+/// An `ioctl` that writes one `c_int` about a socket.
+fn sock_ioctl(sock: &OwnedFd, req: libc::Ioctl) -> io::Result<u64> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: `sock` is an open socket for the call's duration; the requests this is used
+    // with (`SIOCOUTQ`, `SIOCOUTQNSD`) write one `c_int` through the pointer, which points at
+    // a live local.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), req, &mut v) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::try_from(v).unwrap_or(0))
+}
+
+/// Read a socket's send queue (three system calls: two `ioctl`s, one `getsockopt`).
+pub(crate) fn send_queue(sock: &OwnedFd) -> io::Result<SendQueue> {
+    let unsent = unsent_bytes(sock)?;
+    let queued = sock_ioctl(sock, libc::TIOCOUTQ)?;
+    let sndbuf = rnet::sockopt::socket_send_buffer_size(sock).map_err(io_err)?;
+    Ok(SendQueue {
+        unsent,
+        queued,
+        sndbuf: sndbuf as u64,
+    })
+}
+
+/// Whether `sock` is writable now (a zero-timeout `poll`). A TCP socket found not writable is
+/// flagged by the kernel to raise a writability event when room frees up: a later edge is
+/// guaranteed even if no send ever failed.
+pub(crate) fn poll_writable(sock: &OwnedFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(sock, PollFlags::OUT)];
+    let zero = timespec(Duration::ZERO);
+    match poll(&mut fds, Some(&zero)) {
+        Ok(_) => fds[0].revents().contains(PollFlags::OUT),
+        // Unknown: say writable, so the caller sends and learns from the send.
+        Err(_) => true,
+    }
+}
+
+/// Start reading `[offset, offset + len)` of `file` into the page cache without waiting for
+/// it (`POSIX_FADV_WILLNEED`); a hint, so a failure is ignored.
+pub(crate) fn prefetch_range(file: &OwnedFd, offset: u64, len: u64) {
+    let _ = rfs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rfs::Advice::WillNeed,
+    );
+}
+
 /// After writability: `Ok(true)` connected, `Ok(false)` still in progress, or the
 /// handshake's error (`SO_ERROR`).
 pub(crate) fn connect_finished(fd: &OwnedFd) -> io::Result<bool> {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 
+use super::correlate::Correlator;
 use super::exec::{call_once, exec, Caps, Step};
 use super::helpers::{Finished, Helpers, Job, JobMeta};
 use super::os::{self, Ready, Wait};
@@ -94,6 +95,8 @@ pub struct Readiness<P: Policy> {
     events: Vec<Ready>,
     finished: Vec<Finished>,
     counters: Counters,
+    /// Event correlation, when `--ecem` asks for it.
+    ecem: Option<Correlator>,
 }
 
 /// A socket's slot key: its descriptor number (the slot's index) and its `Arc`'s address
@@ -128,6 +131,7 @@ impl<P: Policy> Backend for Readiness<P> {
             events: Vec::with_capacity(256),
             finished: Vec::new(),
             counters: Counters::new(P::NAME),
+            ecem: Correlator::new(config),
         })
     }
 
@@ -191,7 +195,9 @@ impl<P: Policy> Backend for Readiness<P> {
     }
 
     fn counters(&self) -> Counters {
-        self.counters.clone()
+        let mut c = self.counters.clone();
+        c.ecem = self.ecem.as_ref().map(Correlator::counters);
+        c
     }
 
     fn release_idle(&mut self) {
@@ -223,6 +229,9 @@ impl<P: Policy> Readiness<P> {
         self.counters.op_mut(kind).submitted += 1;
         if let Op::Close { fd } = &op {
             self.cancel(fd);
+            if let Some(e) = &mut self.ecem {
+                e.closed(fd);
+            }
         }
         if let Op::Recv {
             sock,
@@ -377,15 +386,26 @@ impl<P: Policy> Readiness<P> {
     /// was offered filled it: the slot says so, and the next receive between requests waits
     /// for an edge instead of failing first (edge-triggered epoll reports every arrival).
     #[inline]
-    fn start(&mut self, op: Op) -> Step {
+    fn start(&mut self, mut op: Op) -> Step {
         let sock = op.socket_interest().map(|(s, i)| (slot_key(s), i));
         let want = op.socket_want();
-        let step = if self.laio_ops.contains(op.kind()) {
-            let ready = sock.map_or(SocketReady::default(), |(key, _)| self.known(key));
+        let ready = sock.map_or(SocketReady::default(), |(key, _)| self.known(key));
+        // Event correlation sizes a sendfile to the socket's room (DNS), or holds it.
+        let plan = match &mut self.ecem {
+            Some(e) => match e.before(&mut op) {
+                Ok(plan) => plan,
+                Err(()) => return Step::WouldBlock(op),
+            },
+            None => None,
+        };
+        let mut step = if self.laio_ops.contains(op.kind()) {
             self.policy.start(op, ready)
         } else {
             exec(op, Wait::Block, &mut self.direct)
         };
+        if let (Some(plan), Some(e)) = (plan, &mut self.ecem) {
+            e.after(plan, &mut step);
+        }
         if let (Some((key, interest)), Some(want), Step::Done(Ok(n), _)) = (sock, want, &step) {
             if *n > 0 && *n < want {
                 if let Some(slot) = self.slot_mut(key) {

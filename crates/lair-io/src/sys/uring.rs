@@ -222,6 +222,17 @@ impl Backend for UringBackend {
     const NAME: &'static str = "uring";
 
     fn new(config: &EngineConfig) -> Result<Self, Error> {
+        if config.ecem.any() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "uring: --ecem {} is not applied: event correlation reads the socket's \
+                     readiness, which only the readiness backends (sync, lazy, eager, hybrid) \
+                     see; this ring stages --sendfile-chunk windows as before",
+                    config.ecem
+                );
+            });
+        }
         let ring = IoUring::builder()
             .setup_cqsize(ENTRIES * 2)
             .setup_coop_taskrun()

@@ -26,6 +26,11 @@ pub const BACKENDS: [&str; lair_io::BackendKind::ALL.len()] = {
     names
 };
 
+/// The server modes a test of the core subset runs under, besides the defaults: every value
+/// of every mode setting (`tests/modes.rs`). `./scripts/test.sh --matrix` runs the whole
+/// suite under every combination instead (`LAIR_TEST_MODE`).
+pub const MODES: &[&[&str]] = &[&["--ecem", "dns"]];
+
 /// A running `lair serve`, killed (SIGKILL) when dropped unless stopped first.
 pub struct Server {
     pub child: Child,
@@ -94,6 +99,10 @@ impl<'a> Opts<'a> {
         cmd.args(["--workers", &self.workers.to_string()]);
         for l in &self.listen {
             cmd.args(["--listen", l]);
+        }
+        // A `--matrix` run of the test script runs the whole suite under each mode.
+        if let Ok(mode) = std::env::var("LAIR_TEST_MODE") {
+            cmd.args(mode.split_whitespace());
         }
         cmd.args(&self.args)
             .env("LAIR_LOG", "info")

@@ -1,0 +1,218 @@
+//! Event correlation in the readiness reactor: the pair table kept from what the reactor
+//! knows, and disk-to-network splicing (DNS) for `sendfile` (seed 000 §4).
+//!
+//! Why here: the reactor is the one place that sees both sides of a body being sent — the
+//! socket's readiness (its slot, epoll's edges) and the file (the policy's residency check,
+//! a helper's finished read). The seed puts DNS into the kernel's ACK processing, so data
+//! goes out in the same step that frees send-buffer room; the nearest a user-space loop gets
+//! is to send, on each writability event, exactly the room that event made — measured
+//! against `TCP_NOTSENT_LOWAT` with `SIOCOUTQNSD` and against `SO_SNDBUF` with `SIOCOUTQ` —
+//! from pages already cached, and to start reading the window after it so the next event
+//! finds it cached (`POSIX_FADV_WILLNEED`, which queues the read and returns).
+//!
+//! Invariants:
+//! - a DNS send asks for at most the room it measured, rounded down to pages; with less than
+//!   a page free it is held until the next writability event, after a zero-timeout `poll`
+//!   that arms that event (the kernel raises the edge only for a socket found without room,
+//!   and a send that stays under the mark and is taken whole finds none) — a one-page probe
+//!   instead would be taken again and again, appended to the last queued segment, going far
+//!   past the mark;
+//! - a window the policy finds uncached goes where the policy sends it (`lazy`: a helper,
+//!   whose `sendfile` then waits only for the disk: the room is there);
+//! - a socket's pair is removed when the socket is closed.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::exec::Step;
+use super::os;
+use super::EngineConfig;
+use crate::ecem::{EcemCounters, EcemMode, FdKey, Order, PairId, PairTable};
+use crate::op::Op;
+
+/// Pages, as the page cache and the room are counted.
+const PAGE: u64 = 4096;
+
+/// Read-ahead distance when no `TCP_NOTSENT_LOWAT` is set: the kernel's own default
+/// readahead window.
+const AHEAD_DEFAULT: u64 = 128 << 10;
+
+/// A descriptor's key in the pair table.
+pub(crate) fn key(fd: &Arc<OwnedFd>) -> FdKey {
+    FdKey {
+        fd: fd.as_raw_fd(),
+        id: Arc::as_ptr(fd) as usize,
+    }
+}
+
+/// The correlation state of one reactor.
+pub(crate) struct Correlator {
+    mode: EcemMode,
+    lowat: u64,
+    table: PairTable,
+}
+
+/// What DNS decided for one `sendfile`, checked against its result.
+pub(crate) struct Plan {
+    pair: PairId,
+    room: u64,
+    window: usize,
+    /// The length the server asked for, given back if the send has to wait.
+    asked: usize,
+}
+
+impl Correlator {
+    /// `None` when no mechanism is on.
+    pub fn new(config: &EngineConfig) -> Option<Self> {
+        config.ecem.any().then(|| Correlator {
+            mode: config.ecem,
+            lowat: u64::from(config.notsent_lowat),
+            table: PairTable::new(),
+        })
+    }
+
+    pub fn counters(&self) -> EcemCounters {
+        self.table.counters
+    }
+
+    /// A descriptor was closed: its pair goes.
+    pub fn closed(&mut self, fd: &Arc<OwnedFd>) {
+        self.table.remove_net(key(fd));
+    }
+
+    /// DNS for a `sendfile` about to be attempted: pair it, and size its window to the
+    /// socket's room. `Err(())` holds it until the next writability event (less than a page
+    /// of room); `Ok(None)` leaves it as it is (not a `sendfile`, DNS off, or the room could
+    /// not be read). The reactor's readiness flag is not trusted to say "no room": it is also
+    /// cleared when a call leaves for a helper, and holding a send on it then would wait for
+    /// an edge the kernel was never asked to raise.
+    pub fn before(&mut self, op: &mut Op) -> Result<Option<Plan>, ()> {
+        let Op::Sendfile {
+            sock,
+            file,
+            offset,
+            len,
+        } = op
+        else {
+            return Ok(None);
+        };
+        if !self.mode.dns {
+            return Ok(None);
+        }
+        let pair = self.table.add(key(file), key(sock), Order::NetThenDisk);
+        let now = Instant::now();
+        self.table.deliver(pair, now);
+        let left = self
+            .table
+            .splice_mut(pair)
+            .map_or(u64::MAX, |s| s.room_left);
+        let measured = |c: &Self| c.room(sock).ok();
+        // The last send filled the room: no need to measure it to know.
+        let Some(mut room) = (if left < PAGE {
+            Some(left)
+        } else {
+            measured(self)
+        }) else {
+            return Ok(None);
+        };
+        if room < PAGE {
+            if !os::poll_writable(sock) {
+                // No room: wait for the next writability event. The `poll` that said so armed
+                // it (a send that stays under the mark arms nothing).
+                self.table.update(pair, None, Some(false));
+                self.table.defer(pair, now);
+                if let Some(s) = self.table.splice_mut(pair) {
+                    s.room_left = u64::MAX;
+                }
+                return Err(());
+            }
+            // Room freed up since (or the mark measured against is not this socket's).
+            room = measured(self).unwrap_or(0);
+        }
+        let window = (room / PAGE * PAGE).max(PAGE);
+        let asked = *len;
+        let window = usize::try_from(window).unwrap_or(usize::MAX).min(asked);
+        *len = window;
+        self.table.update(pair, None, Some(true));
+        self.read_ahead(pair, file, *offset + window as u64);
+        Ok(Some(Plan {
+            pair,
+            room,
+            window,
+            asked,
+        }))
+    }
+
+    /// Bytes the socket takes before it reaches the mark (`SIOCOUTQNSD`: one `ioctl`), or,
+    /// without a mark, before its send buffer is full (`SIOCOUTQ` and `SO_SNDBUF`). A send
+    /// buffer smaller than the mark is not looked for: the send then comes back short, which
+    /// arms the next writability event as well.
+    fn room(&self, sock: &OwnedFd) -> std::io::Result<u64> {
+        if self.lowat > 0 {
+            return Ok(self.lowat.saturating_sub(os::unsent_bytes(sock)?));
+        }
+        let q = os::send_queue(sock)?;
+        Ok(q.sndbuf.saturating_sub(q.queued))
+    }
+
+    /// Keep the file read ahead of `end` (where this send stops) by one to two marks, asking
+    /// for a mark's worth at a time.
+    fn read_ahead(&mut self, pair: PairId, file: &OwnedFd, end: u64) {
+        let mark = if self.lowat > 0 {
+            self.lowat
+        } else {
+            AHEAD_DEFAULT
+        };
+        let Some(s) = self.table.splice_mut(pair) else {
+            return;
+        };
+        let done_to = s.prefetched_to;
+        if (end + mark..=end + 2 * mark).contains(&done_to) {
+            return;
+        }
+        let from = if (end..end + mark).contains(&done_to) {
+            done_to
+        } else {
+            end
+        };
+        let to = end + 2 * mark;
+        s.prefetched_to = to;
+        let t = Instant::now();
+        os::prefetch_range(file, from, to - from);
+        self.table.counters.prefetched(to - from, t.elapsed());
+    }
+
+    /// What became of a planned `sendfile`.
+    pub fn after(&mut self, plan: Plan, step: &mut Step) {
+        let c = &mut self.table.counters;
+        match step {
+            Step::Done(Ok(n), _) => {
+                let n = *n as u64;
+                tracing::trace!(room = plan.room, window = plan.window, sent = n, "dns send");
+                c.dns_sends += 1;
+                c.dns_bytes += n;
+                c.dns_room_bytes += plan.room;
+                c.dns_over_room_max = c.dns_over_room_max.max(n.saturating_sub(plan.room));
+                let full = n < plan.window as u64;
+                self.table.update(plan.pair, Some(true), Some(!full));
+                if let Some(s) = self.table.splice_mut(plan.pair) {
+                    // A short send found the socket full (and armed the next event).
+                    s.room_left = if full { 0 } else { plan.room.saturating_sub(n) };
+                }
+            }
+            Step::Done(Err(_), _) => {}
+            Step::WouldBlock(op) => {
+                // It waits for the next event, which sizes it again.
+                if let Op::Sendfile { len, .. } = op {
+                    *len = plan.asked;
+                }
+                self.table.update(plan.pair, None, Some(false));
+            }
+            Step::Helper(_) => {
+                c.dns_to_helper += 1;
+                self.table.update(plan.pair, Some(false), None);
+            }
+        }
+    }
+}
