@@ -54,6 +54,37 @@ impl Kind<AccessLog> for LogDest {
     }
 }
 
+/// How the server runs connections (`--model`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Model {
+    /// Each worker an event loop over its own engine, driving many connections.
+    #[default]
+    Events,
+    /// A thread per connection, blocking in its calls (seed 000's Apache-like server).
+    Threads,
+}
+
+impl std::fmt::Display for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Model::Events => "events",
+            Model::Threads => "threads",
+        })
+    }
+}
+
+impl std::str::FromStr for Model {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "events" => Ok(Model::Events),
+            "threads" => Ok(Model::Threads),
+            other => Err(format!("unknown model {other:?} (known: events, threads)")),
+        }
+    }
+}
+
 lair_conf::settings! {
     /// Everything `lair serve` is configured with (`lair serve --help`, README "Options").
     #[derive(Clone, Debug)]
@@ -63,9 +94,18 @@ lair_conf::settings! {
         /// Address to listen on, IPv4 or IPv6 (`[::1]:8080`); repeat the flag (or give a list)
         /// for several. Port 0 picks a free port.
         listen: Vec<SocketAddr> = "127.0.0.1:8080" as Addrs;
-        /// Event-loop threads, each with its own SO_REUSEPORT listener; `auto`: one per CPU
-        /// this process may use.
+        /// Server model: `events` (each worker an event loop over many connections) or
+        /// `threads` (a thread per connection blocking in its calls, as Apache's worker MPM;
+        /// large bodies are read and written through the thread's buffer, as Apache does by
+        /// default, `EnableSendfile Off`; `--backend` is not used).
+        model: Model = "events" as Name;
+        /// Event-loop threads (with `--model threads`: accepting threads), each with its own
+        /// SO_REUSEPORT listener; `auto`: one per CPU this process may use.
         workers: usize = "auto" as Threads;
+        /// With `--model threads`: most connection threads (Apache's `MaxRequestWorkers`,
+        /// 400 by default there too); more connections wait for a free thread, up to
+        /// `--max-connections`.
+        threads: usize = "400" as Positive;
         /// Pin worker i to the i-th CPU this process may use.
         pin: bool = "false" as Switch;
         /// I/O backend: `lazy` (try without blocking, helpers only for calls that would block),
@@ -131,11 +171,12 @@ lair_conf::settings! {
         /// megabytes for it; `0`: no limit (the kernel's default). See docs/SECURITY.md for
         /// the measurement behind 128k.
         notsent_lowat: u32 = "128k" as Size;
-        /// Event correlation (seed 000): `off`, or `dns` (disk-to-network splicing: each
-        /// sendfile sends the socket's free room under `--notsent-lowat`, from cached pages,
-        /// and reads the next window ahead). Readiness backends only (`uring` says so and
-        /// runs without it). `ded` (deferred event delivery) is refused until a body can be
-        /// sent through a process buffer (the thread model, the `copy` data path).
+        /// Event correlation (seed 000): `off`; `dns` (disk-to-network splicing, event loop:
+        /// each sendfile sends the socket's free room under `--notsent-lowat`, from cached
+        /// pages, and reads the next window ahead; readiness backends only, `uring` says so
+        /// and runs without it); `ded` (deferred event delivery, `--model threads`: a chunk's
+        /// disk read is started, then the thread waits for room on the socket, then reads
+        /// and sends it); or `ded,dns`.
         ecem: lair_io::EcemMode = "off" as Name;
         /// Write the engine counters and HTTP statistics as JSON to this file at exit.
         stats_json: Option<PathBuf> = "" as Path;
@@ -191,11 +232,11 @@ impl ServerConfig {
                 crate::request::MAX_FIELDS
             ));
         }
-        if self.ecem.ded {
+        if self.ecem.ded && self.model != Model::Threads {
             return Err(
-                "ecem: `ded` holds disk reads of bodies sent through a process buffer, \
-                 which lair does not do yet (the thread model and the copy data path will): \
-                 use `off` or `dns`"
+                "ecem: `ded` holds disk reads of bodies sent through a process buffer, which \
+                 only --model threads does so far (the event loop sends them with sendfile: \
+                 use `dns` there)"
                     .into(),
             );
         }

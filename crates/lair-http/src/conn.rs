@@ -31,6 +31,11 @@ use crate::HttpStats;
 /// Bytes reserved for each receive.
 const RECV_BYTES: usize = 4096;
 
+/// The send buffer's size when a large body is copied through it, head included: a buffer
+/// the pool keeps (`BufPool::KEEP_BYTES`), and what a socket under the default
+/// `--notsent-lowat` (128k) has room for when it reports writable (below half the mark).
+const COPY_CHUNK: usize = 64 * 1024;
+
 /// What the connection waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -46,6 +51,10 @@ pub(crate) enum Phase {
     SendingHead,
     /// The body of a large response (`Sendfile`).
     SendingFile,
+    /// A chunk of a large body into the send buffer (`Read`), when bodies are copied.
+    CopyReading,
+    /// That chunk (the first one behind the head) to the socket (`Send`).
+    CopySending,
     /// A whole response held in the send buffer (`Send`).
     SendingBuf,
     /// An interim `100 Continue` on its own, before a chunked body is received (`Send`).
@@ -77,6 +86,9 @@ pub(crate) struct Cx<'a> {
     pub cache: &'a mut FileCache,
     pub bufs: &'a mut BufPool,
     pub stopping: bool,
+    /// Large bodies go through the send buffer — read a chunk, send it — instead of
+    /// `sendfile` (the thread-per-connection model, as Apache does by default).
+    pub copy_bodies: bool,
 }
 
 /// Send buffers shared by a worker's connections, so memory follows responses in flight, not
@@ -212,8 +224,12 @@ impl Conn {
             Phase::Opening => self.on_open(cx, c),
             Phase::Statting => self.on_stat(cx, c),
             Phase::ReadingBody => self.on_read(cx, c),
-            Phase::SendingHead | Phase::SendingBuf | Phase::SendingContinue => self.on_sent(cx, c),
+            Phase::SendingHead
+            | Phase::SendingBuf
+            | Phase::SendingContinue
+            | Phase::CopySending => self.on_sent(cx, c),
             Phase::SendingFile => self.on_sendfile(cx, c),
+            Phase::CopyReading => self.on_copy_read(cx, c),
             Phase::ShuttingDown => {
                 self.rbuf.clear();
                 self.phase = Phase::Lingering;
@@ -594,8 +610,53 @@ impl Conn {
             self.req.whole_file = first == 0 && count == len;
             self.req.entry = Some(Arc::clone(e));
             self.read_body()
+        } else if cx.copy_bodies {
+            self.copy_chunk()
         } else {
             self.send_buf(cx, Phase::SendingHead)
+        }
+    }
+
+    /// The next chunk of a copied body, read into the send buffer behind what it holds (the
+    /// head, for the first). The read names the socket the chunk goes to, so event
+    /// correlation can hold it until the socket has room.
+    fn copy_chunk(&mut self) -> Next {
+        let Some(file) = self.req.file.clone() else {
+            return Next::Close;
+        };
+        self.phase = Phase::CopyReading;
+        self.deadline = None;
+        let room = COPY_CHUNK.saturating_sub(self.wbuf.len()).max(RECV_BYTES);
+        let len = usize::try_from(self.req.body_left)
+            .unwrap_or(usize::MAX)
+            .min(room);
+        self.wbuf.reserve_exact(len);
+        Next::Submit(Op::Read {
+            file,
+            offset: self.req.body_off,
+            len,
+            buf: BufMut::Vec(std::mem::take(&mut self.wbuf)),
+            to: Some(Arc::clone(&self.sock)),
+        })
+    }
+
+    fn on_copy_read(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
+        if let Out::Buf(BufMut::Vec(b)) = c.out {
+            self.wbuf = b;
+        }
+        match c.result {
+            // `Ok(0)`: the file shrank while being sent: a short body and a close.
+            Ok(n) => match self.body_moved(cx, n) {
+                None => Next::Close,
+                Some(_) => {
+                    self.req.wsent = 0;
+                    self.send_buf(cx, Phase::CopySending)
+                }
+            },
+            Err(e) => {
+                tracing::warn!("read {:?}: {e}", String::from_utf8_lossy(&self.req.rel));
+                Next::Close
+            }
         }
     }
 
@@ -625,6 +686,7 @@ impl Conn {
             offset: self.req.body_off,
             len,
             buf: BufMut::Vec(std::mem::take(&mut self.wbuf)),
+            to: None,
         })
     }
 
@@ -687,6 +749,10 @@ impl Conn {
         }
         match self.phase {
             Phase::SendingHead => self.send_file(cx),
+            Phase::CopySending if self.req.body_left > 0 => {
+                self.wbuf.clear();
+                self.copy_chunk()
+            }
             Phase::SendingContinue => {
                 self.req.wsent = 0;
                 self.recv(cx)

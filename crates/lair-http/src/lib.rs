@@ -33,10 +33,11 @@ pub mod place;
 pub mod request;
 pub mod response;
 mod schedule;
+mod threaded;
 pub mod validators;
 mod worker;
 
-pub use config::{AccessLog, Limits, LogDest, ServerConfig};
+pub use config::{AccessLog, Limits, LogDest, Model, ServerConfig};
 
 /// Errors starting or running the server (the operator's or the host's fault).
 #[derive(Debug, thiserror::Error)]
@@ -309,10 +310,9 @@ impl Server {
     pub fn start(self) -> Result<Running, Error> {
         let cfg = &self.shared.cfg;
         let placement = place::Placement::per_core(&setup::allowed_cpus(), cfg.workers, cfg.pin);
-        let threads = match Model::EventLoop {
-            // Each worker an event loop over its own engine; the thread-per-connection model
-            // (seed 000's Apache-like server) adds its arm here, running the same `Conn`.
-            Model::EventLoop => {
+        let threads = match cfg.model {
+            // Each worker an event loop over its own engine.
+            Model::Events => {
                 let mut threads = Vec::new();
                 let places = placement.workers.into_iter();
                 for (id, (listeners, at)) in self.listeners.into_iter().zip(places).enumerate() {
@@ -325,6 +325,8 @@ impl Server {
                 }
                 threads
             }
+            // A thread per connection (seed 000's Apache-like server), running the same `Conn`.
+            Model::Threads => vec![threaded::start(Arc::clone(&self.shared), self.listeners)?],
         };
         Ok(Running {
             shared: self.shared,
@@ -358,12 +360,6 @@ impl WithBackend for WorkerMain {
         );
         Ok(w.run()?)
     }
-}
-
-/// How the server runs connections (chosen once, in [`Server::start`]).
-enum Model {
-    /// Each worker an event loop over its own engine, driving many connections.
-    EventLoop,
 }
 
 fn run_worker(

@@ -36,6 +36,9 @@ pub struct MemConn {
     bufs: BufPool,
     date: DateCache,
     clock: LogClock,
+    /// Send large bodies through the send buffer (read, then send) instead of `sendfile`, as
+    /// the thread-per-connection model does.
+    pub copy_bodies: bool,
 }
 
 /// What one connection did.
@@ -67,6 +70,7 @@ impl MemConn {
             bufs: BufPool::default(),
             date: DateCache::default(),
             clock: LogClock::default(),
+            copy_bodies: false,
         })
     }
 
@@ -94,6 +98,7 @@ impl MemConn {
                 cache: &mut self.cache,
                 bufs: &mut self.bufs,
                 stopping: false,
+                copy_bodies: self.copy_bodies,
             };
             let op = match conn.step(&mut cx, done.take()) {
                 Next::Close => break,
@@ -152,6 +157,7 @@ fn complete(
                 offset,
                 len,
                 buf: BufMut::Vec(Vec::with_capacity(len)),
+                to: None,
             };
             let c = lair_io::run_blocking(token, read);
             if let (Ok(_), Out::Buf(b)) = (&c.result, &c.out) {
@@ -201,7 +207,9 @@ mod tests {
         assert_eq!(text.matches("HTTP/1.1 404").count(), 1);
         assert!(whole.output.ends_with(&[7u8; 1000]));
         let bytes: Vec<&[u8]> = reqs.chunks(1).collect();
-        for send_max in [1, 7, 4096, usize::MAX] {
+        for (send_max, copy) in [(1, false), (7, true), (4096, false), (usize::MAX, true)] {
+            // Bodies copied through the send buffer (the thread model) are the same bytes.
+            m.copy_bodies = copy;
             let split = m.run(&bytes, send_max);
             // Only the Date header may differ (a second may pass).
             let strip = |o: &[u8]| {
@@ -211,7 +219,11 @@ mod tests {
                     .collect::<Vec<_>>()
                     .join("\n")
             };
-            assert_eq!(strip(&split.output), strip(&whole.output), "{send_max}");
+            assert_eq!(
+                strip(&split.output),
+                strip(&whole.output),
+                "{send_max} {copy}"
+            );
         }
         assert_eq!(String::from_utf8_lossy(&whole.log).lines().count(), 5);
     }

@@ -33,11 +33,11 @@ const SLOTS_KEPT: usize = 256;
 /// How often idle memory may be handed back.
 const RELEASE_EVERY: Duration = Duration::from_secs(5);
 /// How long accepting pauses after `EMFILE`/`ENFILE`.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most connections accepted per listener per loop turn.
 const ACCEPT_BATCH: usize = 64;
 /// Log buffer size that triggers a flush before the second is up.
-const LOG_FLUSH_BYTES: usize = 32 * 1024;
+pub(crate) const LOG_FLUSH_BYTES: usize = 32 * 1024;
 /// Token of the access-log write.
 const LOG_TOKEN: Token = Token(u64::MAX);
 /// Token of every `Op::Close`: its own space, never a listener's (generation 0) or a
@@ -382,6 +382,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             cache,
             bufs,
             stopping: self.stopping,
+            copy_bodies: false,
         };
         let next = match w.input {
             // Admitted in the order connections start, up to the cap over all workers; a
@@ -633,7 +634,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
     }
 }
 
-fn is_fd_exhaustion(e: &io::Error) -> bool {
+pub(crate) fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ENFILE | libc::EMFILE | libc::ENOBUFS | libc::ENOMEM)

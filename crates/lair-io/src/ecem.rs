@@ -196,7 +196,10 @@ pub struct EcemCounters {
     pub deferred_ns_total: u64,
     /// Longest deferral, nanoseconds.
     pub deferred_ns_max: u64,
-    /// Disk reads issued while their socket had no room known (DED must keep this at 0).
+    /// Reads of a body chunk issued while the socket it goes to had no room (under half the
+    /// `TCP_NOTSENT_LOWAT` mark free: `poll` not writable) — what DED avoids; counted where
+    /// reads name their socket (the thread model); under DED it stays 0, since the read is
+    /// issued only after `poll` said writable.
     pub reads_without_room: u64,
     /// DNS sends (one per writability event that found room).
     pub dns_sends: u64,

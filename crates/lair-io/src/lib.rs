@@ -37,6 +37,7 @@ pub use ecem::{EcemCounters, EcemMode};
 pub use op::{
     Attempt, Call, Completion, FileStat, FileType, Op, OpKind, OpSet, Out, SharedFd, Submit, Token,
 };
+pub use sys::blocking::Blocking;
 pub use sys::buf;
 pub use sys::buf::{Buf, BufMut, Bytes, Gather};
 pub use sys::watch;

@@ -151,6 +151,9 @@ pub enum Op {
         len: usize,
         /// Bytes are appended after its filled part.
         buf: BufMut,
+        /// The socket these bytes will be sent to, if any: event correlation (`--ecem ded`)
+        /// holds the read until that socket has room for them.
+        to: Option<SharedFd>,
     },
     /// Write the byte stream of `bufs` at `offset`, or at the end of the file when `offset` is
     /// `None` (one `pwritev2`; the result may be short).

@@ -79,6 +79,7 @@ impl WithBackend for Files {
                 offset: 7,
                 len: 100,
                 buf: room(b"x", 100),
+                to: None,
             },
         );
         assert_eq!(c.result.unwrap(), 4);

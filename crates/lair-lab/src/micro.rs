@@ -406,6 +406,7 @@ fn read_op(file: lair_io::SharedFd, offset: u64, mut buf: Vec<u8>) -> Op {
         offset,
         len: READ_CHUNK,
         buf: BufMut::Vec(buf),
+        to: None,
     }
 }
 

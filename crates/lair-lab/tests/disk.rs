@@ -180,6 +180,7 @@ mod engine {
                 offset: 0,
                 len: 1,
                 buf: lair_io::BufMut::Vec(Vec::with_capacity(1)),
+                to: None,
             };
             assert!(matches!(b.submit(Token(0), read), Submit::Pending));
             // …and the file's pages are on their way, as readahead would have them.

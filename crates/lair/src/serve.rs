@@ -117,7 +117,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
     }
     let (workers, backend, root) = (cfg.workers, cfg.backend, cfg.root.clone());
-    let laio_ops = cfg.laio_ops;
+    let (laio_ops, model, threads, ecem) = (cfg.laio_ops, cfg.model, cfg.threads, cfg.ecem);
     // Handlers first: a SIGTERM sent as soon as "listening" is printed must find them (it
     // used to kill the process outright when it came before they were installed).
     let mut signals = signal_hook::iterator::Signals::new([
@@ -149,10 +149,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // A plain line on stderr (whatever the log level): scripts and tests wait for it.
         crate::say!("lair: listening on http://{a}");
     }
-    tracing::info!(
-        "serving {} with {workers} workers, backend {backend}, operations through it: {laio_ops}",
-        root.display()
-    );
+    match model {
+        lair_http::Model::Events => tracing::info!(
+            "serving {} with {workers} workers, backend {backend}, operations through it: \
+             {laio_ops}, event correlation {ecem}",
+            root.display()
+        ),
+        lair_http::Model::Threads => tracing::info!(
+            "serving {} with a thread per connection (at most {threads}), {workers} accepting \
+             threads, event correlation {ecem}",
+            root.display()
+        ),
+    }
 
     let report = running.wait();
     handle.close();

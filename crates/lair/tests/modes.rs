@@ -8,9 +8,8 @@ mod support;
 
 use std::io::Read;
 use std::process::Command;
-use std::time::Duration;
 
-use support::{pattern, Opts, Site, BACKENDS, MODES};
+use support::{backends_for, pattern, Opts, Site, BACKENDS, MODES};
 
 fn stats(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -26,7 +25,7 @@ fn core_answers_under_every_mode() {
     let site = Site::new();
     let big = pattern(3 << 20);
     for mode in MODES {
-        for b in BACKENDS {
+        for &b in backends_for(mode) {
             let what = format!("{b} {mode:?}");
             let srv = Opts::new(&site.root, b).args(mode.iter().copied()).start();
             let mut c = srv.connect();
@@ -144,17 +143,18 @@ fn dns_sends_the_room_it_measured_to_slow_readers() {
 }
 
 /// A client that goes away in the middle of a large body frees what its download held: the
-/// engine's pair (and, under `--model threads`, its thread) — and the server goes on serving.
+/// engine's pair and, under `--model threads`, its thread — with three threads, three clients
+/// vanish and a fourth is still served — and the server goes on serving.
 #[test]
-fn a_client_that_vanishes_mid_download_frees_its_pair() {
+fn a_client_that_vanishes_mid_download_frees_its_pair_and_thread() {
     let site = Site::new();
     for mode in MODES {
-        for b in BACKENDS.into_iter().filter(|b| correlates(b)) {
+        for &b in backends_for(mode).iter().filter(|b| correlates(b)) {
             let what = format!("{b} {mode:?}");
             let json = site.dir.path().join(format!("vanish-{b}.json"));
             let mut srv = Opts::new(&site.root, b)
                 .args(mode.iter().copied())
-                .args(["--stats-json", json.to_str().unwrap()])
+                .args(["--threads", "3", "--stats-json", json.to_str().unwrap()])
                 .start();
             for _ in 0..3 {
                 let mut c = srv.connect();
@@ -164,9 +164,9 @@ fn a_client_that_vanishes_mid_download_frees_its_pair() {
                 // Gone, with most of the body unread: a reset for the server's next send.
                 drop(c);
             }
-            std::thread::sleep(Duration::from_millis(200));
             let mut c = srv.connect();
-            assert_eq!(c.get("/hello.txt").status, 200, "{what}");
+            let r = c.get("/hello.txt");
+            assert_eq!(r.status, 200, "{what}");
             drop(c);
             srv.stop();
             let engine = &stats(&json)["engine"];
@@ -178,4 +178,46 @@ fn a_client_that_vanishes_mid_download_frees_its_pair() {
             }
         }
     }
+}
+
+/// A slow reader under `--model threads`: with `--ecem ded` no chunk is read while its
+/// socket has no room, and every read waited for room first; without it, reads happen while
+/// the socket is full (what DED avoids) — the pair table counts both.
+#[test]
+fn ded_reads_a_chunk_only_when_its_socket_has_room() {
+    let site = Site::new();
+    let mut without = 0;
+    for ded in [false, true] {
+        let json = site.dir.path().join(format!("ded-{ded}.json"));
+        let mut srv = Opts::new(&site.root, "lazy")
+            .args(["--model", "threads", "--stats-json", json.to_str().unwrap()])
+            .args(if ded { vec!["--ecem", "ded"] } else { vec![] })
+            .start();
+        let load = Command::new(env!("CARGO_BIN_EXE_lair"))
+            .args(["load", &srv.url("/big.bin"), "-c", "4", "-n", "4"])
+            .args(["--recv-rate", "2m", "--recv-buffer", "16k", "--json", "-q"])
+            .args(["--timeout", "30s"])
+            .output()
+            .unwrap();
+        assert!(
+            load.status.success(),
+            "{}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        srv.stop();
+        let e = &stats(&json)["engine"]["ecem"];
+        let n = |k: &str| e[k].as_u64().unwrap_or_else(|| panic!("no {k}: {e}"));
+        if ded {
+            assert_eq!(n("reads_without_room"), 0, "{e}");
+            assert!(n("deferred") > 0, "a slow reader never held a read: {e}");
+            assert!(n("prefetches") >= 4 * (3 << 20) / (64 << 10), "{e}");
+        } else {
+            without = n("reads_without_room");
+            assert_eq!(n("deferred"), 0, "{e}");
+        }
+    }
+    assert!(
+        without > 0,
+        "without DED the slow readers never filled their sockets"
+    );
 }

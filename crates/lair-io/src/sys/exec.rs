@@ -211,6 +211,7 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             offset,
             len,
             mut buf,
+            to,
         } => {
             if nowait && !caps.nowait_read {
                 return Step::Helper(Op::Read {
@@ -218,6 +219,7 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
                     offset,
                     len,
                     buf,
+                    to,
                 });
             }
             match os::read(&file, offset, len, &mut buf, wait) {
@@ -235,6 +237,7 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
                         offset,
                         len,
                         buf,
+                        to,
                     })
                 }
                 Err(e) => Step::Done(Err(e), Out::Buf(buf)),

@@ -32,6 +32,7 @@ use crate::counters::Counters;
 use crate::op::{Completion, Op, OpSet, SharedFd, Submit, Token};
 use crate::Error;
 
+pub mod blocking;
 pub mod buf;
 mod correlate;
 mod exec;

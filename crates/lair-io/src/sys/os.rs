@@ -686,6 +686,48 @@ pub(crate) fn wait_readable(
     }
 }
 
+/// How a [`wait_socket`] ended.
+pub(crate) enum SocketWait {
+    /// The socket is ready in the direction asked for (or failed: the call will say how).
+    Ready,
+    /// The stop descriptor is readable.
+    Stopped,
+    /// Neither, within the timeout (or a signal interrupted the wait).
+    Nothing,
+}
+
+/// Block until `sock` is readable (or writable, with `write`), `stop` (if any) is readable,
+/// or `timeout` passes (`None`: no limit).
+pub(crate) fn wait_socket(
+    sock: &OwnedFd,
+    write: bool,
+    stop: Option<&OwnedFd>,
+    timeout: Option<Duration>,
+) -> io::Result<SocketWait> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let want = if write { PollFlags::OUT } else { PollFlags::IN };
+    let mut fds = [
+        PollFd::new(sock, want),
+        PollFd::new(stop.unwrap_or(sock), PollFlags::IN),
+    ];
+    let n = if stop.is_some() { 2 } else { 1 };
+    let ts = timeout.map(timespec);
+    match poll(&mut fds[..n], ts.as_ref()) {
+        Ok(0) | Err(Errno::INTR) => Ok(SocketWait::Nothing),
+        Ok(_) => {
+            let ended = PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL;
+            if fds[0].revents().intersects(want | ended) {
+                Ok(SocketWait::Ready)
+            } else if n == 2 && fds[1].revents().contains(PollFlags::IN) {
+                Ok(SocketWait::Stopped)
+            } else {
+                Ok(SocketWait::Nothing)
+            }
+        }
+        Err(e) => Err(io_err(e)),
+    }
+}
+
 /// Add one to an eventfd (wakes a waiter). A full counter (`EAGAIN`) is already a wake-up.
 pub(crate) fn eventfd_signal(fd: &OwnedFd) {
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());

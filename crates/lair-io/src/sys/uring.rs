@@ -520,6 +520,7 @@ impl UringBackend {
                 offset,
                 len,
                 mut buf,
+                to: _,
             } => {
                 if buf.spare().is_empty() || len == 0 {
                     return Err((no_room(), Out::Buf(buf)));

@@ -29,7 +29,21 @@ pub const BACKENDS: [&str; lair_io::BackendKind::ALL.len()] = {
 /// The server modes a test of the core subset runs under, besides the defaults: every value
 /// of every mode setting (`tests/modes.rs`). `./scripts/test.sh --matrix` runs the whole
 /// suite under every combination instead (`LAIR_TEST_MODE`).
-pub const MODES: &[&[&str]] = &[&["--ecem", "dns"]];
+pub const MODES: &[&[&str]] = &[
+    &["--ecem", "dns"],
+    &["--model", "threads"],
+    &["--model", "threads", "--ecem", "ded"],
+];
+
+/// The backends a test runs under `mode`: all of them in the event loop, one under the thread
+/// model (which uses none).
+pub fn backends_for(mode: &[&str]) -> &'static [&'static str] {
+    if mode.windows(2).any(|w| w == ["--model", "threads"]) {
+        &BACKENDS[1..2]
+    } else {
+        &BACKENDS
+    }
+}
 
 /// A running `lair serve`, killed (SIGKILL) when dropped unless stopped first.
 pub struct Server {
@@ -101,8 +115,14 @@ impl<'a> Opts<'a> {
             cmd.args(["--listen", l]);
         }
         // A `--matrix` run of the test script runs the whole suite under each mode.
+        // A flag the test sets itself wins over the matrix's.
         if let Ok(mode) = std::env::var("LAIR_TEST_MODE") {
-            cmd.args(mode.split_whitespace());
+            let words: Vec<&str> = mode.split_whitespace().collect();
+            for pair in words.chunks(2) {
+                if !self.args.iter().any(|a| a == pair[0]) {
+                    cmd.args(pair);
+                }
+            }
         }
         cmd.args(&self.args)
             .env("LAIR_LOG", "info")
