@@ -611,7 +611,7 @@ impl Conn {
             self.req.entry = Some(Arc::clone(e));
             self.read_body()
         } else if cx.copy_bodies {
-            self.copy_chunk()
+            self.copy_chunk(cx)
         } else {
             self.send_buf(cx, Phase::SendingHead)
         }
@@ -620,12 +620,14 @@ impl Conn {
     /// The next chunk of a copied body, read into the send buffer behind what it holds (the
     /// head, for the first). The read names the socket the chunk goes to, so event
     /// correlation can hold it until the socket has room.
-    fn copy_chunk(&mut self) -> Next {
+    fn copy_chunk(&mut self, cx: &Cx<'_>) -> Next {
         let Some(file) = self.req.file.clone() else {
             return Next::Close;
         };
         self.phase = Phase::CopyReading;
-        self.deadline = None;
+        // Under DED the read waits for room on the socket first: a client that stopped
+        // reading is dropped after the send timeout here too.
+        self.deadline = Some(cx.now + cx.cfg.send_timeout);
         let room = COPY_CHUNK.saturating_sub(self.wbuf.len()).max(RECV_BYTES);
         let len = usize::try_from(self.req.body_left)
             .unwrap_or(usize::MAX)
@@ -751,7 +753,7 @@ impl Conn {
             Phase::SendingHead => self.send_file(cx),
             Phase::CopySending if self.req.body_left > 0 => {
                 self.wbuf.clear();
-                self.copy_chunk()
+                self.copy_chunk(cx)
             }
             Phase::SendingContinue => {
                 self.req.wsent = 0;

@@ -278,7 +278,12 @@ impl Local {
             match c.result.as_ref().map_err(std::io::Error::raw_os_error) {
                 // The deadline passed (the worker's tick closes such connections).
                 Err(Some(libc::ETIMEDOUT)) => {
-                    if conn.phase != Phase::Lingering && !quick {
+                    if self.exec.stopping() && !idle {
+                        tracing::warn!(
+                            "threads: shutdown deadline passed, closing a connection still in \
+                             flight"
+                        );
+                    } else if conn.phase != Phase::Lingering && !quick {
                         self.stats.timeouts += 1;
                     }
                     break;

@@ -126,6 +126,30 @@ pub fn disk_of(path: &Path) -> anyhow::Result<String> {
     Ok(format!("{major}:{minor}"))
 }
 
+/// Create cgroup `dir` under `base`, and register its removal: members (a server that
+/// outlived its run) go back to `base` first.
+fn make_cgroup(undo: &mut Undo, base: &Path, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir(dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+    let (base, dir) = (base.to_path_buf(), dir.to_path_buf());
+    undo.push(format!("remove cgroup {}", dir.display()), move || {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace() {
+            let _ = std::fs::write(base.join("cgroup.procs"), pid);
+        }
+        std::fs::remove_dir(&dir).with_context(|| format!("rmdir {}", dir.display()))
+    });
+    Ok(())
+}
+
+/// Move a process (all its threads) and its children into cgroup `dir`.
+fn join_cgroup(dir: &Path, pid: u32) -> anyhow::Result<()> {
+    for p in crate::proc::tree(pid) {
+        std::fs::write(dir.join("cgroup.procs"), p.to_string())
+            .with_context(|| format!("moving {p} into {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// A cgroup whose members' reads from one disk are throttled.
 pub struct Throttle {
     kind: Cgroup,
@@ -158,19 +182,7 @@ impl Throttle {
                     .context("enabling the io controller for child cgroups")?;
             }
         }
-        std::fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
-        {
-            let dir = dir.clone();
-            let base = base.clone();
-            undo.push(format!("remove cgroup {}", dir.display()), move || {
-                // Members (a server that outlived its run) go back to the parent first.
-                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.split_whitespace() {
-                    let _ = std::fs::write(base.join("cgroup.procs"), pid);
-                }
-                std::fs::remove_dir(&dir).with_context(|| format!("rmdir {}", dir.display()))
-            });
-        }
+        make_cgroup(undo, &base, &dir)?;
         let t = Throttle { kind, dir, device };
         let write = |file: &str, value: String| {
             std::fs::write(t.dir.join(file), &value)
@@ -207,11 +219,7 @@ impl Throttle {
 
     /// Move a process (all its threads) and its children into the cgroup.
     pub fn add(&self, pid: u32) -> anyhow::Result<()> {
-        for p in crate::proc::tree(pid) {
-            std::fs::write(self.dir.join("cgroup.procs"), p.to_string())
-                .with_context(|| format!("moving {p} into {}", self.dir.display()))?;
-        }
-        Ok(())
+        join_cgroup(&self.dir, pid)
     }
 
     /// Reads from the disk by the cgroup's members so far (from the controller's own
@@ -240,6 +248,48 @@ impl Throttle {
                     .unwrap_or(0),
             })
             .sum()
+    }
+}
+
+/// A memory cgroup the server joins, so the page cache it fills is reclaimed within a limit:
+/// how a machine with 24 GiB is made to hold less of a fileset than the fileset's size (seed
+/// 000's downloads need more files than fit in the cache). Page-cache pages are charged to
+/// the cgroup of the process that reads them in, so the lab's own writing of the fileset
+/// stays outside.
+pub struct MemLimit {
+    dir: PathBuf,
+}
+
+impl MemLimit {
+    /// Make the cgroup (cgroup v1 `memory`, or v2 `memory.max`), limited to `bytes`.
+    pub fn new(undo: &mut Undo, bytes: u64) -> anyhow::Result<MemLimit> {
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let (base, file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.to_path_buf(), "memory.limit_in_bytes")
+        } else if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            let m = PathBuf::from("/sys/fs/cgroup");
+            let sub = std::fs::read_to_string(m.join("cgroup.subtree_control")).unwrap_or_default();
+            if !sub.split_whitespace().any(|c| c == "memory") {
+                std::fs::write(m.join("cgroup.subtree_control"), "+memory")
+                    .context("enabling the memory controller for child cgroups")?;
+            }
+            (m, "memory.max")
+        } else {
+            anyhow::bail!(
+                "no memory cgroup (neither /sys/fs/cgroup/memory nor cgroup v2): the page \
+                 cache cannot be limited here"
+            );
+        };
+        let dir = base.join(format!("lair-lab-mem-{}", std::process::id()));
+        make_cgroup(undo, &base, &dir)?;
+        std::fs::write(dir.join(file), bytes.to_string())
+            .with_context(|| format!("writing {bytes} to {file}"))?;
+        Ok(MemLimit { dir })
+    }
+
+    /// Move a process and its children into the cgroup.
+    pub fn add(&self, pid: u32) -> anyhow::Result<()> {
+        join_cgroup(&self.dir, pid)
     }
 }
 

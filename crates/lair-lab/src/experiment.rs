@@ -35,6 +35,7 @@
 //! device = { latency = "5ms", channels = 8 }  # or an emulated disk (crate::disk)
 //! net = { rate = "8mbit" }             # clients in a netns behind tbf
 //! client = { recv_rate = "20k", recv_buffer = "4k" }
+//! memory = "256m"                      # the server's cgroup holds at most this (page cache)
 //!
 //! [quick]                  # replaces these top-level keys under --quick
 //! repetitions = 1
@@ -189,6 +190,10 @@ pub struct Environment {
     /// Slow reading.
     #[serde(default)]
     pub client: Option<ClientPace>,
+    /// The most memory (page cache included) the server's cgroup may hold (`256m`), so a
+    /// fileset larger than that cannot stay cached.
+    #[serde(default)]
+    pub memory: Option<String>,
 }
 
 /// Which CPU runs what.

@@ -156,3 +156,88 @@ mod tests {
         let _ = child.wait();
     }
 }
+
+/// KiB read from block devices so far, the whole machine's (`pgpgin` in `/proc/vmstat`).
+pub fn disk_read_kib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("pgpgin "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Samples of the send queues of a server's connections (`/proc/net/tcp` and `tcp6`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SendQueues {
+    samples: u64,
+    total_bytes: u128,
+    max_bytes: u64,
+    conns: u64,
+}
+
+impl SendQueues {
+    /// Sample the established connections whose local port is `port` every 200 ms while
+    /// `go` holds.
+    pub fn sample_while(port: u16, go: &std::sync::atomic::AtomicBool) -> SendQueues {
+        let mut s = SendQueues::default();
+        while go.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut bytes = 0u64;
+            let mut conns = 0u64;
+            for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                let text = std::fs::read_to_string(f).unwrap_or_default();
+                for (b, _) in send_queues(&text).filter(|&(_, p)| p == port) {
+                    bytes += b;
+                    conns += 1;
+                }
+            }
+            s.samples += 1;
+            s.total_bytes += u128::from(bytes);
+            s.max_bytes = s.max_bytes.max(bytes);
+            s.conns += conns;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        s
+    }
+
+    /// Mean summed send queue, KiB (`None`: no sample).
+    pub fn mean_kib(&self) -> Option<f64> {
+        (self.samples > 0).then(|| self.total_bytes as f64 / self.samples as f64 / 1024.0)
+    }
+
+    /// Largest summed send queue, KiB.
+    pub fn max_kib(&self) -> Option<f64> {
+        (self.samples > 0).then(|| self.max_bytes as f64 / 1024.0)
+    }
+
+    /// Connections counted per sample, on average.
+    pub fn mean_conns(&self) -> Option<f64> {
+        (self.samples > 0).then(|| self.conns as f64 / self.samples as f64)
+    }
+}
+
+/// `(tx_queue bytes, local port)` of each established socket in a `/proc/net/tcp` text.
+fn send_queues(text: &str) -> impl Iterator<Item = (u64, u16)> + '_ {
+    text.lines().skip(1).filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        if *f.get(3)? != "01" {
+            return None;
+        }
+        let tx = u64::from_str_radix(f.get(4)?.split(':').next()?, 16).ok()?;
+        Some((tx, port))
+    })
+}
+
+#[cfg(test)]
+mod sendq_tests {
+    use super::*;
+
+    #[test]
+    fn send_queues_are_read_from_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
+   1: 0100007F:1F90 0100007F:C350 01 00020000:00000000 01:00000014 00000000     0        0 2 1\n\
+   2: 0100007F:C350 0100007F:1F90 01 00000000:00001000 00:00000000 00000000     0        0 3 1\n";
+        let got: Vec<(u64, u16)> = send_queues(text).collect();
+        assert_eq!(got, vec![(0x20000, 8080), (0, 50000)]);
+    }
+}

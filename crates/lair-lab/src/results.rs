@@ -45,6 +45,9 @@ pub struct Row {
     pub p999_us: u64,
     /// Slowest.
     pub max_us: u64,
+    /// Mean, µs.
+    #[serde(default)]
+    pub mean_us: f64,
     /// Failures (all kinds).
     pub errors: u64,
     /// Failures by kind.
@@ -74,6 +77,21 @@ pub struct Row {
     /// much I/O the server kept in flight.
     #[serde(default)]
     pub disk_depth: Option<f64>,
+    /// KiB read from block devices during the run, the whole machine's (`pgpgin` of
+    /// `/proc/vmstat`; the lab itself reads nothing from disk while a run goes).
+    #[serde(default)]
+    pub disk_read_kib: Option<u64>,
+    /// The server's sockets' send queues (bytes sent but not acknowledged, or not sent yet:
+    /// `tx_queue` of `/proc/net/tcp`), summed over its connections, sampled every 200 ms:
+    /// the mean and the largest sum, KiB, and the mean connections counted.
+    #[serde(default)]
+    pub sendq_mean_kib: Option<f64>,
+    /// Largest summed send queue, KiB.
+    #[serde(default)]
+    pub sendq_max_kib: Option<f64>,
+    /// Connections the send-queue samples counted, on average.
+    #[serde(default)]
+    pub sendq_conns: Option<f64>,
     /// lair's engine counters and HTTP statistics.
     pub engine: Option<serde_json::Value>,
 }

@@ -19,7 +19,7 @@ use anyhow::{bail, Context as _};
 use lair_load::{Expect, LoadConfig, Manifest, Mode, Progress, Slow, Stop};
 
 use crate::disk::EmulatedDisk;
-use crate::env::{Netns, Throttle, Undo};
+use crate::env::{MemLimit, Netns, Throttle, Undo};
 use crate::experiment::{Cache, Environment, Experiment, Group, Replay};
 use crate::fileset::{self, Fileset};
 use crate::results::{stamp, Host, Results, Row};
@@ -274,6 +274,18 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
                     .with_context(|| format!("environment {}: emulated disk", env.name))?,
                 None => Vec::new(),
             };
+            let memory = match &env.memory {
+                Some(m) => {
+                    let bytes = lair_conf::parse_size(m)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("environment {}: memory {m:?}", env.name))?;
+                    Some(
+                        MemLimit::new(&mut undo, bytes)
+                            .with_context(|| format!("environment {}: memory limit", env.name))?,
+                    )
+                }
+                None => None,
+            };
             let netns = match &env.net {
                 Some(n) => Some(
                     Netns::new(&mut undo, &n.rate)
@@ -306,6 +318,7 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
                                 rep,
                                 cpus,
                                 throttle: throttle.as_ref(),
+                                memory: memory.as_ref(),
                                 device: devices.get(i),
                                 netns: netns.as_ref(),
                                 work: &work,
@@ -365,6 +378,7 @@ struct Cell<'a> {
     rep: usize,
     cpus: crate::experiment::Cpus,
     throttle: Option<&'a Throttle>,
+    memory: Option<&'a MemLimit>,
     device: Option<&'a EmulatedDisk>,
     netns: Option<&'a Netns>,
     work: &'a Path,
@@ -483,6 +497,9 @@ impl Cell<'_> {
         if let Some(t) = self.throttle {
             t.add(server.pid)?;
         }
+        if let Some(m) = self.memory {
+            m.add(server.pid)?;
+        }
         if !self.x.warmup.is_zero() {
             self.load(addr, true, cold)?;
         }
@@ -502,8 +519,22 @@ impl Cell<'_> {
         let reads_before = self.throttle.map(Throttle::reads);
         let device_before = self.device.map(EmulatedDisk::counts);
         let client_before = own_cpu_s();
-        let reports = self.load(addr, false, false)?;
+        let pgpgin_before = crate::proc::disk_read_kib();
+        let sampling = std::sync::atomic::AtomicBool::new(true);
+        let (reports, sendq) = std::thread::scope(|s| {
+            let sampler = s.spawn(|| {
+                let _ = lair_io::setup::pin_current_thread(self.cpus.client);
+                crate::proc::SendQueues::sample_while(addr.port(), &sampling)
+            });
+            let reports = self.load(addr, false, false);
+            sampling.store(false, Ordering::Relaxed);
+            (reports, sampler.join().unwrap_or_default())
+        });
+        let reports = reports?;
         let client_cpu_s = own_cpu_s() - client_before;
+        let disk_read_kib = crate::proc::disk_read_kib()
+            .zip(pgpgin_before)
+            .map(|(a, b)| a.saturating_sub(b));
         let after = crate::proc::sample(server.pid)
             .with_context(|| format!("server died during the run: {}", server.log()))?;
         let disk_reads = self
@@ -543,6 +574,7 @@ impl Cell<'_> {
                 p99_us: r.latency.p99_us,
                 p999_us: r.latency.p999_us,
                 max_us: r.latency.max_us,
+                mean_us: r.latency.mean_us,
                 errors: r.errors.total(),
                 error_kinds: kinds.into_iter().filter(|(_, v)| *v > 0).collect(),
                 status: r.status.clone(),
@@ -556,6 +588,10 @@ impl Cell<'_> {
                 cached_at_start: cached[g],
                 disk_reads,
                 disk_depth,
+                disk_read_kib,
+                sendq_mean_kib: sendq.mean_kib(),
+                sendq_max_kib: sendq.max_kib(),
+                sendq_conns: sendq.mean_conns(),
                 engine: engine.clone(),
             });
         }

@@ -45,6 +45,14 @@ pub enum Spec {
         /// Requests to generate (default 10 per file).
         requests: Option<u64>,
     },
+    /// Equal files, each requested once, in order, round and round: every download in a
+    /// pass is a different file (seed 000's downloads: distinct files, cold).
+    Distinct {
+        /// How many.
+        files: u32,
+        /// Each this big.
+        bytes: u64,
+    },
     /// SPECweb99-like.
     Specweb99 {
         /// Directories (SPECweb99 scales them with the target load; 10 is 51 MB).
@@ -88,6 +96,21 @@ pub fn generate(spec: &Spec, seed: u64) -> anyhow::Result<Dataset> {
             requests: vec![Req { t_ms: 0, file: 0 }],
             skipped: 0,
         },
+        Spec::Distinct { files, bytes } => {
+            if *files == 0 {
+                bail!("distinct: files must be at least 1");
+            }
+            Dataset {
+                files: (0..*files)
+                    .map(|i| FileSpec {
+                        path: format!("/d/{:03}/f{i:06}.bin", i / 1000),
+                        bytes: *bytes,
+                    })
+                    .collect(),
+                requests: (0..*files).map(|file| Req { t_ms: 0, file }).collect(),
+                skipped: 0,
+            }
+        }
         Spec::Uniform {
             files,
             bytes,

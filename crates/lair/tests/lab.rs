@@ -320,6 +320,51 @@ fn slow_quick_shapes_the_link_and_paces_readers() {
     );
 }
 
+/// The event-correlation experiment's quick variant: distinct cold files read by a server
+/// held to 256 MiB of memory, paced readers; every row says what it read from the disk, what
+/// its sockets queued, and (for lair) what the pair table did.
+#[test]
+fn ecem_quick_reads_cold_files_and_samples_send_queues() {
+    const NAME: &str = "ecem_quick_reads_cold_files_and_samples_send_queues";
+    if !rustix::process::geteuid().is_root() {
+        return support::skipped(NAME, "the memory cgroup and cold caches need root");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, j) = run(tmp.path(), &["ecem"]);
+    // Three servers × one client count × one environment.
+    check_outputs(&dir, &j, 3);
+    for row in j["rows"].as_array().unwrap() {
+        let what = row["server"].as_str().unwrap();
+        assert_eq!(row["requests"], 20, "{what}: {row:#}");
+        assert_eq!(row["cached_at_start"], 0.0, "{what}: not cold: {row:#}");
+        // 20 distinct 1 MiB files, each read from the disk once at least.
+        let read = row["disk_read_kib"].as_u64().unwrap();
+        assert!(
+            read >= 20 * 1024,
+            "{what}: {read} KiB read from disk: {row:#}"
+        );
+        assert!(
+            row["sendq_conns"].as_f64().unwrap() > 0.0,
+            "{what}: {row:#}"
+        );
+        assert!(row["mean_us"].as_f64().unwrap() > 0.0, "{what}: {row:#}");
+        let ecem = &row["engine"]["engine"]["ecem"];
+        if what != "lair-lazy" {
+            assert!(
+                ecem["pairs_added"].as_u64().unwrap() >= 20,
+                "{what}: {ecem}"
+            );
+        }
+    }
+    let left = std::fs::read_dir("/sys/fs/cgroup/memory")
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("lair-lab-mem"))
+        })
+        .unwrap_or(false);
+    assert!(!left, "a lab memory cgroup outlived the run");
+}
+
 #[test]
 fn an_experiment_on_the_emulated_disk_counts_its_reads_and_unmounts() {
     if let Some(why) = lair_lab::disk::why_unavailable() {

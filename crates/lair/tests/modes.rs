@@ -76,6 +76,7 @@ fn dns_sends_the_room_it_measured_to_slow_readers() {
     for b in BACKENDS {
         let json = site.dir.path().join(format!("dns-{b}.json"));
         let mut srv = Opts::new(&site.root, b)
+            .events()
             .args(["--ecem", "dns", "--stats-json", json.to_str().unwrap()])
             .start();
         // 8 readers at 4 MB/s through 16 KiB receive buffers: the socket, not the disk or
@@ -191,7 +192,7 @@ fn ded_reads_a_chunk_only_when_its_socket_has_room() {
         let json = site.dir.path().join(format!("ded-{ded}.json"));
         let mut srv = Opts::new(&site.root, "lazy")
             .args(["--model", "threads", "--stats-json", json.to_str().unwrap()])
-            .args(if ded { vec!["--ecem", "ded"] } else { vec![] })
+            .args(["--ecem", if ded { "ded" } else { "off" }])
             .start();
         let load = Command::new(env!("CARGO_BIN_EXE_lair"))
             .args(["load", &srv.url("/big.bin"), "-c", "4", "-n", "4"])

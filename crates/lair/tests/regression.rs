@@ -325,11 +325,15 @@ fn issue_12_a_cached_body_never_outlives_a_change_to_its_file() {
         }
         let mut srv = srv;
         let lines = srv.stop().join("\n");
-        let watched = if heat == "hot" { "3 added" } else { "0 added" };
-        assert!(
-            lines.contains(&format!("hot files watched: {watched}")),
-            "{b}: {lines}"
-        );
+        // Each connection thread has a cache of its own: how many entries got hot there
+        // depends on which thread took which connection.
+        if !support::matrix_threads() {
+            let watched = if heat == "hot" { "3 added" } else { "0 added" };
+            assert!(
+                lines.contains(&format!("hot files watched: {watched}")),
+                "{b}: {lines}"
+            );
+        }
     }
 }
 

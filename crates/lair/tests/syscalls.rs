@@ -81,6 +81,7 @@ fn a_cached_small_file_is_one_receive_and_one_gather_send() {
     // uring is left out: its receives and sends are ring entries, not system calls.
     for backend in ["sync", "lazy", "eager", "hybrid"] {
         let mut srv = Opts::new(&site.root, backend)
+            .events()
             .workers(1)
             .args(["--file-cache-ttl", "1h"])
             .start();

@@ -34,7 +34,7 @@ fn uring_falls_back_to_lazy_when_io_uring_is_forbidden() {
     let _restore = Restore(old.trim().to_string());
 
     let site = Site::new();
-    let mut srv = Opts::new(&site.root, "uring").start();
+    let mut srv = Opts::new(&site.root, "uring").events().start();
     let mut c = srv.connect();
     assert_eq!(c.get("/hello.txt").body, b"hello, world\n");
     let log = srv.stop().join("\n");

@@ -129,7 +129,11 @@ impl Blocking {
                             op = o;
                         }
                         Ok(Waited::Timeout) => {
-                            return self.fail(token, o, io::ErrorKind::TimedOut.into())
+                            return self.fail(
+                                token,
+                                o,
+                                io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                            )
                         }
                         Ok(Waited::Stopped) => {
                             let e = io::Error::from_raw_os_error(libc::ECANCELED);
@@ -195,7 +199,7 @@ impl Blocking {
             Ok(Waited::Ready) => Ok(()),
             Ok(Waited::Timeout | Waited::Stopped) => {
                 let op = std::mem::replace(op, Op::Close { fd: sock });
-                Err(self.fail(token, op, io::ErrorKind::TimedOut.into()))
+                Err(self.fail(token, op, io::Error::from_raw_os_error(libc::ETIMEDOUT)))
             }
             Err(e) => {
                 let op = std::mem::replace(op, Op::Close { fd: sock });
