@@ -22,8 +22,11 @@ fi
 # crates/lair/tests/support/mod.rs MODES.
 combos=(
   "--ecem dns"
+  "--data copy"
+  "--data copy --ecem ded"
   "--model threads"
-  "--model threads --ecem ded"
+  "--model threads --data copy"
+  "--model threads --data copy --ecem ded"
 )
 # The end-to-end suites that start servers through tests/support (the lab's tests start
 # theirs from experiment files, which set their own modes).

@@ -85,6 +85,41 @@ impl std::str::FromStr for Model {
     }
 }
 
+/// How a large body leaves the server (`--data`; seed 004's data-passing modes, of which
+/// these two exist so far).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataMode {
+    /// `sendfile`: the kernel moves the file's pages to the socket.
+    #[default]
+    Sendfile,
+    /// Read a chunk into the connection's buffer, then send it (the baseline every paper
+    /// starts from; seed 000's "via a process buffer").
+    Copy,
+}
+
+impl std::fmt::Display for DataMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataMode::Sendfile => "sendfile",
+            DataMode::Copy => "copy",
+        })
+    }
+}
+
+impl std::str::FromStr for DataMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sendfile" => Ok(DataMode::Sendfile),
+            "copy" => Ok(DataMode::Copy),
+            other => Err(format!(
+                "unknown data mode {other:?} (known: sendfile, copy)"
+            )),
+        }
+    }
+}
+
 lair_conf::settings! {
     /// Everything `lair serve` is configured with (`lair serve --help`, README "Options").
     #[derive(Clone, Debug)]
@@ -96,8 +131,7 @@ lair_conf::settings! {
         listen: Vec<SocketAddr> = "127.0.0.1:8080" as Addrs;
         /// Server model: `events` (each worker an event loop over many connections) or
         /// `threads` (a thread per connection blocking in its calls, as Apache's worker MPM;
-        /// large bodies are read and written through the thread's buffer, as Apache does by
-        /// default, `EnableSendfile Off`; `--backend` is not used).
+        /// `--backend` is not used).
         model: Model = "events" as Name;
         /// Event-loop threads (with `--model threads`: accepting threads), each with its own
         /// SO_REUSEPORT listener; `auto`: one per CPU this process may use.
@@ -148,6 +182,10 @@ lair_conf::settings! {
         /// Bodies up to this size are read into memory and sent with the head in one write;
         /// larger ones go with sendfile.
         small_file_bytes: usize = "16k" as Size;
+        /// How a body larger than `--small-file-bytes` is sent: `sendfile`, or `copy` (read
+        /// 64 KiB at a time into the connection's buffer, then send it: Apache's default,
+        /// `EnableSendfile Off`, and what deferred event delivery works on).
+        data: DataMode = "sendfile" as Name;
         /// Most bytes one sendfile call sends before the connection waits its turn again
         /// (fairness between large downloads, like nginx's `sendfile_max_chunk`); the one
         /// sendfile window: `lazy` checks this range with cachestat, `uring` stages it.
@@ -232,11 +270,10 @@ impl ServerConfig {
                 crate::request::MAX_FIELDS
             ));
         }
-        if self.ecem.ded && self.model != Model::Threads {
+        if self.ecem.ded && self.data != DataMode::Copy {
             return Err(
-                "ecem: `ded` holds disk reads of bodies sent through a process buffer, which \
-                 only --model threads does so far (the event loop sends them with sendfile: \
-                 use `dns` there)"
+                "ecem: `ded` holds the disk reads of bodies sent through the connection's \
+                 buffer: it needs --data copy (sendfile bodies are paced by `dns`)"
                     .into(),
             );
         }

@@ -37,7 +37,7 @@ mod threaded;
 pub mod validators;
 mod worker;
 
-pub use config::{AccessLog, Limits, LogDest, Model, ServerConfig};
+pub use config::{AccessLog, DataMode, Limits, LogDest, Model, ServerConfig};
 
 /// Errors starting or running the server (the operator's or the host's fault).
 #[derive(Debug, thiserror::Error)]

@@ -8,9 +8,9 @@
 //! the very same [`Conn`] state machine as the event loop — parsing, limits, validators,
 //! logging — through [`lair_io::Blocking`], which runs each operation to its end on the
 //! calling thread (waiting for a socket with `poll`, bounded by the connection's deadline).
-//! Large bodies are copied through the thread's buffer (read a chunk, send it), as Apache does
-//! by default (`EnableSendfile Off`); with `--ecem ded` the executor starts each chunk's read,
-//! waits for room on the socket, then reads and sends it.
+//! Large bodies go by `sendfile` or, with `--data copy`, through the thread's buffer (read a
+//! chunk, send it), as Apache does by default (`EnableSendfile Off`); with `--ecem ded` the
+//! executor starts each chunk's read, waits for room on the socket, then reads and sends it.
 //!
 //! Threads: one accepting thread per listener (per `--workers` × `--listen`), which admits a
 //! connection under the cap (`--max-connections` over the whole server, as in the event loop)
@@ -255,7 +255,7 @@ impl Local {
                 cache: &mut self.cache,
                 bufs: &mut self.bufs,
                 stopping,
-                copy_bodies: true,
+                copy_bodies: shared.cfg.data == crate::config::DataMode::Copy,
             };
             let next = match (std::mem::take(&mut first), admitted) {
                 (true, true) => conn.step(&mut cx, None),
@@ -429,8 +429,8 @@ pub(crate) fn start(
     }
     if cfg.ecem.dns {
         tracing::warn!(
-            "model threads: --ecem dns is not applied (it paces sendfile, and this model \
-             copies bodies through the thread's buffer)"
+            "model threads: --ecem dns is not applied (disk-to-network splicing paces the \
+             event loop's sendfile)"
         );
     }
     let stop =

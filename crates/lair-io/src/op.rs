@@ -209,6 +209,16 @@ impl Op {
         }
     }
 
+    /// The socket an operation may be held on until it is writable, and in which direction:
+    /// a socket operation's own, or the socket a read's bytes go to (deferred event
+    /// delivery holds the read until that socket has room).
+    pub(crate) fn wait_interest(&self) -> Option<(&SharedFd, Interest)> {
+        match self {
+            Op::Read { to: Some(sock), .. } => Some((sock, Interest::Write)),
+            op => op.socket_interest(),
+        }
+    }
+
     /// Give the owned buffer back (used when an operation fails or is cancelled).
     pub(crate) fn into_out(self) -> Out {
         match self {

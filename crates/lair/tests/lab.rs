@@ -331,8 +331,8 @@ fn ecem_quick_reads_cold_files_and_samples_send_queues() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (dir, j) = run(tmp.path(), &["ecem"]);
-    // Three servers × one client count × one environment.
-    check_outputs(&dir, &j, 3);
+    // Four servers × one client count × one environment.
+    check_outputs(&dir, &j, 4);
     for row in j["rows"].as_array().unwrap() {
         let what = row["server"].as_str().unwrap();
         assert_eq!(row["requests"], 20, "{what}: {row:#}");

@@ -181,44 +181,57 @@ fn a_client_that_vanishes_mid_download_frees_its_pair_and_thread() {
     }
 }
 
-/// A slow reader under `--model threads`: with `--ecem ded` no chunk is read while its
-/// socket has no room, and every read waited for room first; without it, reads happen while
-/// the socket is full (what DED avoids) — the pair table counts both.
+/// A slow reader of a copied body, in both models: with `--ecem ded` no chunk is read while
+/// its socket has no room, and reads were held for room; without it, reads happen while the
+/// socket is full (what DED avoids) — the pair table counts both.
 #[test]
 fn ded_reads_a_chunk_only_when_its_socket_has_room() {
     let site = Site::new();
-    let mut without = 0;
-    for ded in [false, true] {
-        let json = site.dir.path().join(format!("ded-{ded}.json"));
-        let mut srv = Opts::new(&site.root, "lazy")
-            .args(["--model", "threads", "--stats-json", json.to_str().unwrap()])
-            .args(["--ecem", if ded { "ded" } else { "off" }])
-            .start();
-        let load = Command::new(env!("CARGO_BIN_EXE_lair"))
-            .args(["load", &srv.url("/big.bin"), "-c", "4", "-n", "4"])
-            .args(["--recv-rate", "2m", "--recv-buffer", "16k", "--json", "-q"])
-            .args(["--timeout", "30s"])
-            .output()
-            .unwrap();
-        assert!(
-            load.status.success(),
-            "{}",
-            String::from_utf8_lossy(&load.stderr)
-        );
-        srv.stop();
-        let e = &stats(&json)["engine"]["ecem"];
-        let n = |k: &str| e[k].as_u64().unwrap_or_else(|| panic!("no {k}: {e}"));
-        if ded {
-            assert_eq!(n("reads_without_room"), 0, "{e}");
-            assert!(n("deferred") > 0, "a slow reader never held a read: {e}");
-            assert!(n("prefetches") >= 4 * (3 << 20) / (64 << 10), "{e}");
-        } else {
-            without = n("reads_without_room");
-            assert_eq!(n("deferred"), 0, "{e}");
+    for model in ["events", "threads"] {
+        let mut without = 0;
+        for ded in [false, true] {
+            let what = format!("{model}, ded {ded}");
+            let json = site.dir.path().join(format!("ded-{model}-{ded}.json"));
+            let mut srv = Opts::new(&site.root, "lazy")
+                .args(["--model", model, "--data", "copy"])
+                .args(["--ecem", if ded { "ded" } else { "off" }])
+                .args(["--stats-json", json.to_str().unwrap()])
+                .start();
+            let load = Command::new(env!("CARGO_BIN_EXE_lair"))
+                .args(["load", &srv.url("/big.bin"), "-c", "4", "-n", "4"])
+                .args(["--recv-rate", "2m", "--recv-buffer", "16k", "--json", "-q"])
+                .args(["--timeout", "30s"])
+                .output()
+                .unwrap();
+            assert!(
+                load.status.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&load.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&load.stdout).unwrap();
+            assert_eq!(report["requests"], 4, "{what}: {report}");
+            srv.stop();
+            let e = &stats(&json)["engine"]["ecem"];
+            let n = |k: &str| {
+                e[k].as_u64()
+                    .unwrap_or_else(|| panic!("{what}: no {k}: {e}"))
+            };
+            if ded {
+                assert_eq!(n("reads_without_room"), 0, "{what}: {e}");
+                assert!(
+                    n("deferred") > 0,
+                    "{what}: a slow reader never held a read: {e}"
+                );
+                assert!(n("prefetches") >= 4 * (3 << 20) / (64 << 10), "{what}: {e}");
+            } else {
+                without = n("reads_without_room");
+                assert_eq!(n("deferred"), 0, "{what}: {e}");
+            }
+            assert_eq!(n("pairs_added"), n("pairs_removed"), "{what}: {e}");
         }
+        assert!(
+            without > 0,
+            "{model}: without DED the slow readers never filled their sockets"
+        );
     }
-    assert!(
-        without > 0,
-        "without DED the slow readers never filled their sockets"
-    );
 }

@@ -63,13 +63,15 @@ pub(crate) struct Plan {
 }
 
 impl Correlator {
-    /// `None` when no mechanism is on.
-    pub fn new(config: &EngineConfig) -> Option<Self> {
-        config.ecem.any().then(|| Correlator {
+    /// The correlation state of one reactor. It is kept with every mode: without DED, the
+    /// reads of a copied body that found their socket without room are still counted (one
+    /// zero-timeout `poll` per chunk), so the baseline shows what DED avoids.
+    pub fn new(config: &EngineConfig) -> Self {
+        Correlator {
             mode: config.ecem,
             lowat: u64::from(config.notsent_lowat),
             table: PairTable::new(),
-        })
+        }
     }
 
     pub fn counters(&self) -> EcemCounters {
@@ -88,6 +90,24 @@ impl Correlator {
     /// cleared when a call leaves for a helper, and holding a send on it then would wait for
     /// an edge the kernel was never asked to raise.
     pub fn before(&mut self, op: &mut Op) -> Result<Option<Plan>, ()> {
+        if let Op::Read {
+            file,
+            offset,
+            len,
+            to: Some(sock),
+            ..
+        } = op
+        {
+            if self.mode.ded {
+                self.hold_read(file, sock, *offset, *len as u64)?;
+            } else {
+                let pair = self.table.add(key(file), key(sock), Order::DiskThenNet);
+                let room = os::poll_writable(sock);
+                self.table.update(pair, None, Some(room));
+                self.table.counters.reads_without_room += u64::from(!room);
+            }
+            return Ok(None);
+        }
         let Op::Sendfile {
             sock,
             file,
@@ -142,6 +162,39 @@ impl Correlator {
             window,
             asked,
         }))
+    }
+
+    /// DED for a read whose bytes go to `sock`: start reading the chunk into the page cache
+    /// (once per chunk), then hold the read (`Err`) while the socket has no room — the
+    /// reactor parks it on the socket's writability — so the loop never wakes for a read's
+    /// completion only to park the send, and the copy it makes is sent while still in the
+    /// CPU's cache. The zero-timeout `poll` that finds no room arms the writability event.
+    fn hold_read(
+        &mut self,
+        file: &Arc<OwnedFd>,
+        sock: &Arc<OwnedFd>,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), ()> {
+        let pair = self.table.add(key(file), key(sock), Order::DiskThenNet);
+        let now = Instant::now();
+        let end = offset + len;
+        if let Some(s) = self.table.splice_mut(pair) {
+            if s.prefetched_to < end || s.prefetched_to > end + len {
+                s.prefetched_to = end;
+                let t = Instant::now();
+                os::prefetch_range(file, offset, len);
+                self.table.counters.prefetched(len, t.elapsed());
+            }
+        }
+        if os::poll_writable(sock) {
+            self.table.deliver(pair, now);
+            self.table.update(pair, None, Some(true));
+            return Ok(());
+        }
+        self.table.update(pair, None, Some(false));
+        self.table.defer(pair, now);
+        Err(())
     }
 
     /// Bytes the socket takes before it reaches the mark (`SIOCOUTQNSD`: one `ioctl`), or,

@@ -95,8 +95,8 @@ pub struct Readiness<P: Policy> {
     events: Vec<Ready>,
     finished: Vec<Finished>,
     counters: Counters,
-    /// Event correlation, when `--ecem` asks for it.
-    ecem: Option<Correlator>,
+    /// Event correlation (`--ecem`; its pair table and counters are kept in every mode).
+    ecem: Correlator,
 }
 
 /// A socket's slot key: its descriptor number (the slot's index) and its `Arc`'s address
@@ -196,7 +196,7 @@ impl<P: Policy> Backend for Readiness<P> {
 
     fn counters(&self) -> Counters {
         let mut c = self.counters.clone();
-        c.ecem = self.ecem.as_ref().map(Correlator::counters);
+        c.ecem = Some(self.ecem.counters());
         c
     }
 
@@ -229,9 +229,7 @@ impl<P: Policy> Readiness<P> {
         self.counters.op_mut(kind).submitted += 1;
         if let Op::Close { fd } = &op {
             self.cancel(fd);
-            if let Some(e) = &mut self.ecem {
-                e.closed(fd);
-            }
+            self.ecem.closed(fd);
         }
         if let Op::Recv {
             sock,
@@ -322,7 +320,7 @@ impl<P: Policy> Readiness<P> {
     /// Park `job` on its socket until epoll reports readiness in its direction.
     fn park(&mut self, mut job: Job) -> Result<(), Completion> {
         let kind = job.op.kind();
-        let Some((sock, interest)) = job.op.socket_interest() else {
+        let Some((sock, interest)) = job.op.wait_interest() else {
             // Only socket operations can wait for readiness; anything else is a policy bug.
             return Err(self.fail(job, io::Error::other("not a socket operation")));
         };
@@ -391,20 +389,17 @@ impl<P: Policy> Readiness<P> {
         let want = op.socket_want();
         let ready = sock.map_or(SocketReady::default(), |(key, _)| self.known(key));
         // Event correlation sizes a sendfile to the socket's room (DNS), or holds it.
-        let plan = match &mut self.ecem {
-            Some(e) => match e.before(&mut op) {
-                Ok(plan) => plan,
-                Err(()) => return Step::WouldBlock(op),
-            },
-            None => None,
+        let plan = match self.ecem.before(&mut op) {
+            Ok(plan) => plan,
+            Err(()) => return Step::WouldBlock(op),
         };
         let mut step = if self.laio_ops.contains(op.kind()) {
             self.policy.start(op, ready)
         } else {
             exec(op, Wait::Block, &mut self.direct)
         };
-        if let (Some(plan), Some(e)) = (plan, &mut self.ecem) {
-            e.after(plan, &mut step);
+        if let Some(plan) = plan {
+            self.ecem.after(plan, &mut step);
         }
         if let (Some((key, interest)), Some(want), Step::Done(Ok(n), _)) = (sock, want, &step) {
             if *n > 0 && *n < want {

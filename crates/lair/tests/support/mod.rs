@@ -31,8 +31,11 @@ pub const BACKENDS: [&str; lair_io::BackendKind::ALL.len()] = {
 /// suite under every combination instead (`LAIR_TEST_MODE`).
 pub const MODES: &[&[&str]] = &[
     &["--ecem", "dns"],
+    &["--data", "copy"],
+    &["--data", "copy", "--ecem", "ded"],
     &["--model", "threads"],
-    &["--model", "threads", "--ecem", "ded"],
+    &["--model", "threads", "--data", "copy"],
+    &["--model", "threads", "--data", "copy", "--ecem", "ded"],
 ];
 
 /// The matrix runs this suite under the thread-per-connection model (`LAIR_TEST_MODE`), where
