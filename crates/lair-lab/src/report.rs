@@ -300,12 +300,21 @@ fn plot_all(dir: &Path, r: &Results) -> anyhow::Result<Vec<String>> {
     let mut written = Vec::new();
     for ((w, e, g), by_clients) in cells(&r.rows) {
         type Metric = fn(&Row) -> f64;
-        let metrics: [(&str, &str, Metric); 2] = [
+        let metrics: [(&str, &str, Metric); 5] = [
             ("throughput", "responses per second", |r: &Row| {
                 r.requests_per_s
             }),
             ("p99", "p99 response time (ms)", |r: &Row| {
                 r.p99_us as f64 / 1000.0
+            }),
+            // Seed 000's Figs 12-14: mean response time, transmit rate, context switches.
+            ("mean", "mean response time (ms)", |r: &Row| {
+                r.mean_us / 1000.0
+            }),
+            ("transmit", "transmit rate (MB/s)", |r: &Row| r.mb_per_s),
+            ("cs-per-mb", "server context switches per MB", |r: &Row| {
+                let mb = r.mb_per_s * r.elapsed_s;
+                (r.server_voluntary_cs + r.server_involuntary_cs) as f64 / mb.max(1e-9)
             }),
         ];
         for (what, label, metric) in metrics {
