@@ -28,6 +28,9 @@ SERVERS = [
     "lair-copy-ded",
     "lair-lazy",
     "lair-lazy-dns",
+    "lair-lazy-dns-16k",
+    "lair-lazy-dns-512k",
+    "lair-lazy-nomark",
     "nginx",
     "nginx-aio",
     "lighttpd",
@@ -38,6 +41,7 @@ PAIRS = [
     ("DED, thread model", "lair-threads", "lair-threads-ded"),
     ("DED, event loop", "lair-copy", "lair-copy-ded"),
     ("DNS, event loop", "lair-lazy", "lair-lazy-dns"),
+    ("DNS against sendfile without a mark", "lair-lazy-nomark", "lair-lazy-dns"),
 ]
 
 
