@@ -9,9 +9,10 @@ Per environment: for each server (rows) and client count, the median over the re
   - server context switches per MB (voluntary + involuntary, every thread), its event-loop
     wake-ups per MB (lair: the engine's `wakeups`; the thread model counts a thread's wait
     for a socket as one), its CPU per MB (ms);
-  - the send queue per connection (KiB: bytes unacknowledged or unsent, tx_queue of
-    /proc/net/tcp, sampled every 200 ms) and the KiB read from disk per KiB sent (1.0: each
-    byte read once; more: pages evicted before they were sent);
+  - the send queue per connection (KiB: bytes unacknowledged or unsent, `ss -tin` every
+    200 ms), of it the unsent bytes, the connection's smoothed RTT, its bandwidth-delay
+    product (delivery rate × RTT) and the send queue over it, and the KiB read from disk
+    per KiB sent (1.0: each byte read once; more: pages evicted before they were sent);
 then seed 000's Table 3: the change each mechanism makes against its own baseline, and lair
 against nginx and lighttpd.
 """
@@ -63,7 +64,13 @@ def metrics(r):
     if r.get("disk_read_kib") is not None:
         disk = r["disk_read_kib"] / (m * 1e6 / 1024)
     w = wakeups(r)
+    bdp = r.get("bdp_kib")
     return {
+        "notsent_kib": r.get("notsent_kib"),
+        "rtt_ms": r.get("rtt_ms"),
+        "bdp_kib": bdp,
+        "bdp_min_kib": r.get("bdp_min_kib"),
+        "sendq_bdp": None if not sendq or not bdp else sendq / bdp,
         "mean_s": r["mean_us"] / 1e6,
         "p99_s": r["p99_us"] / 1e6,
         "mbps": r["mb_per_s"],
@@ -117,6 +124,10 @@ def main() -> None:
         ("wake-ups/MB", "wake_mb", 1, False),
         ("CPU ms/MB", "cpu_ms_mb", 2, False),
         ("send queue KiB/conn", "sendq_kib", 0, False),
+        ("unsent KiB/conn", "notsent_kib", 0, False),
+        ("RTT ms", "rtt_ms", 1, False),
+        ("BDP KiB (RTT)", "bdp_kib", 0, False),
+        ("send queue / BDP", "sendq_bdp", 2, False),
         ("disk KiB/KiB sent", "disk_ratio", 2, False),
     ]
     for env in envs:

@@ -165,13 +165,32 @@ pub fn disk_read_kib() -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-/// Samples of the send queues of a server's connections (`/proc/net/tcp` and `tcp6`).
+/// Samples of the send queues of a server's connections: `ss -tin` every 200 ms (socket
+/// statistics over netlink: each socket's send queue, unsent bytes, RTT and delivery rate),
+/// or, without `ss`, the send queues of `/proc/net/tcp` alone.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SendQueues {
     samples: u64,
     total_bytes: u128,
     max_bytes: u64,
     conns: u64,
+    /// Per connection and sample, summed: unsent bytes, smoothed RTT (µs), minimum RTT
+    /// (µs), and the bandwidth-delay products (bytes) at each (delivery rate × RTT).
+    per_conn: u64,
+    notsent: u128,
+    rtt_us: u128,
+    bdp: u128,
+    bdp_min: u128,
+}
+
+/// One connection as `ss -tin` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct SsConn {
+    send_q: u64,
+    notsent: u64,
+    rtt_us: f64,
+    minrtt_us: f64,
+    delivery_bps: f64,
 }
 
 impl SendQueues {
@@ -180,19 +199,19 @@ impl SendQueues {
     pub fn sample_while(port: u16, go: &std::sync::atomic::AtomicBool) -> SendQueues {
         let mut s = SendQueues::default();
         while go.load(std::sync::atomic::Ordering::Relaxed) {
-            let mut bytes = 0u64;
-            let mut conns = 0u64;
-            for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-                let text = std::fs::read_to_string(f).unwrap_or_default();
-                for (b, _) in send_queues(&text).filter(|&(_, p)| p == port) {
-                    bytes += b;
-                    conns += 1;
-                }
-            }
+            let conns = ss_conns(port).unwrap_or_else(|| proc_conns(port));
+            let bytes: u64 = conns.iter().map(|c| c.send_q).sum();
             s.samples += 1;
             s.total_bytes += u128::from(bytes);
             s.max_bytes = s.max_bytes.max(bytes);
-            s.conns += conns;
+            s.conns += conns.len() as u64;
+            for c in conns.iter().filter(|c| c.rtt_us > 0.0) {
+                s.per_conn += 1;
+                s.notsent += u128::from(c.notsent);
+                s.rtt_us += c.rtt_us as u128;
+                s.bdp += (c.delivery_bps / 8.0 * c.rtt_us / 1e6) as u128;
+                s.bdp_min += (c.delivery_bps / 8.0 * c.minrtt_us / 1e6) as u128;
+            }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         s
@@ -212,6 +231,106 @@ impl SendQueues {
     pub fn mean_conns(&self) -> Option<f64> {
         (self.samples > 0).then(|| self.conns as f64 / self.samples as f64)
     }
+
+    fn per_conn(&self, v: u128) -> Option<f64> {
+        (self.per_conn > 0).then(|| v as f64 / self.per_conn as f64)
+    }
+
+    /// Unsent bytes per connection, KiB (what the mark bounds).
+    pub fn notsent_kib(&self) -> Option<f64> {
+        self.per_conn(self.notsent).map(|b| b / 1024.0)
+    }
+
+    /// Smoothed RTT per connection, ms.
+    pub fn rtt_ms(&self) -> Option<f64> {
+        self.per_conn(self.rtt_us).map(|u| u / 1000.0)
+    }
+
+    /// Bandwidth-delay product per connection, KiB: delivery rate × smoothed RTT (the
+    /// queue the connection sees included), and × minimum RTT (the path's own).
+    pub fn bdp_kib(&self) -> (Option<f64>, Option<f64>) {
+        (
+            self.per_conn(self.bdp).map(|b| b / 1024.0),
+            self.per_conn(self.bdp_min).map(|b| b / 1024.0),
+        )
+    }
+}
+
+/// The server's connections as `ss -Htin` lists them; `None` if `ss` cannot run.
+fn ss_conns(port: u16) -> Option<Vec<SsConn>> {
+    let out = std::process::Command::new("ss")
+        .args(["-Htin", "state", "established"])
+        .arg(format!("( sport = :{port} )"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(parse_ss(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `ss -Htin` output: a line per socket (`Recv-Q Send-Q local peer`), then an indented line
+/// of its TCP information.
+fn parse_ss(text: &str) -> Vec<SsConn> {
+    let mut out: Vec<SsConn> = Vec::new();
+    for line in text.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            let send_q = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            out.push(SsConn {
+                send_q,
+                ..SsConn::default()
+            });
+            continue;
+        }
+        let Some(c) = out.last_mut() else { continue };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for (k, w) in words.iter().enumerate() {
+            if let Some(v) = w.strip_prefix("rtt:") {
+                c.rtt_us = v
+                    .split('/')
+                    .next()
+                    .and_then(|x| x.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    * 1000.0;
+            } else if let Some(v) = w.strip_prefix("minrtt:") {
+                c.minrtt_us = v.parse::<f64>().unwrap_or(0.0) * 1000.0;
+            } else if let Some(v) = w.strip_prefix("notsent:") {
+                c.notsent = v.parse().unwrap_or(0);
+            } else if *w == "delivery_rate" {
+                c.delivery_bps = words.get(k + 1).and_then(|r| rate_bps(r)).unwrap_or(0.0);
+            }
+        }
+    }
+    out
+}
+
+/// `123bps`, `1.5Kbps`, `10Mbps`, `2Gbps` as bits per second.
+fn rate_bps(s: &str) -> Option<f64> {
+    let s = s.strip_suffix("bps")?;
+    let (num, mult) = match s.chars().last()? {
+        'K' => (&s[..s.len() - 1], 1e3),
+        'M' => (&s[..s.len() - 1], 1e6),
+        'G' => (&s[..s.len() - 1], 1e9),
+        _ => (s, 1.0),
+    };
+    num.parse::<f64>().ok().map(|n| n * mult)
+}
+
+/// The send queues of `/proc/net/tcp` and `tcp6` (no RTT, no unsent count).
+fn proc_conns(port: u16) -> Vec<SsConn> {
+    let mut out = Vec::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for (b, _) in send_queues(&text).filter(|&(_, p)| p == port) {
+            out.push(SsConn {
+                send_q: b,
+                ..SsConn::default()
+            });
+        }
+    }
+    out
 }
 
 /// `(tx_queue bytes, local port)` of each established socket in a `/proc/net/tcp` text.
@@ -239,5 +358,24 @@ mod sendq_tests {
    2: 0100007F:C350 0100007F:1F90 01 00000000:00001000 00:00000000 00000000     0        0 3 1\n";
         let got: Vec<(u64, u16)> = send_queues(text).collect();
         assert_eq!(got, vec![(0x20000, 8080), (0, 50000)]);
+    }
+
+    #[test]
+    fn ss_lines_give_queues_rtts_and_rates() {
+        let text = "0      114933 127.0.0.1:18401 127.0.0.1:38372\n\
+\t bbr wscale:0,10 rto:212 rtt:10.425/0.466 mss:8192 cwnd:12 send 75437122bps \
+pacing_rate 15942480bps delivery_rate 10950952bps delivered:200 unacked:2 \
+notsent:98549 minrtt:0.025 snd_wnd:16384\n\
+0      0 127.0.0.1:18401 127.0.0.1:38374\n\
+\t cubic rtt:0.05/0.02 delivery_rate 2.5Gbps notsent:0 minrtt:0.01\n";
+        let c = parse_ss(text);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].send_q, 114_933);
+        assert_eq!(c[0].notsent, 98_549);
+        assert!((c[0].rtt_us - 10_425.0).abs() < 1e-6);
+        assert!((c[0].minrtt_us - 25.0).abs() < 1e-6);
+        assert!((c[0].delivery_bps - 10_950_952.0).abs() < 1e-3);
+        assert!((c[1].delivery_bps - 2.5e9).abs() < 1.0);
+        assert_eq!(rate_bps("1.5Kbps"), Some(1500.0));
     }
 }

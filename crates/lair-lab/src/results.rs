@@ -82,8 +82,9 @@ pub struct Row {
     #[serde(default)]
     pub disk_read_kib: Option<u64>,
     /// The server's sockets' send queues (bytes sent but not acknowledged, or not sent yet:
-    /// `tx_queue` of `/proc/net/tcp`), summed over its connections, sampled every 200 ms:
-    /// the mean and the largest sum, KiB, and the mean connections counted.
+    /// `ss -tin`'s Send-Q, or `tx_queue` of `/proc/net/tcp` without `ss`), summed over its
+    /// connections, sampled every 200 ms: the mean and the largest sum, KiB, and the mean
+    /// connections counted.
     #[serde(default)]
     pub sendq_mean_kib: Option<f64>,
     /// Largest summed send queue, KiB.
@@ -92,6 +93,20 @@ pub struct Row {
     /// Connections the send-queue samples counted, on average.
     #[serde(default)]
     pub sendq_conns: Option<f64>,
+    /// Of a connection's send queue, the bytes not yet sent (what `TCP_NOTSENT_LOWAT`
+    /// bounds), KiB, on average (`ss -tin`'s `notsent`).
+    #[serde(default)]
+    pub notsent_kib: Option<f64>,
+    /// A connection's smoothed RTT, ms, on average.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+    /// A connection's bandwidth-delay product, KiB: its delivery rate × its smoothed RTT, on
+    /// average.
+    #[serde(default)]
+    pub bdp_kib: Option<f64>,
+    /// The same with its minimum RTT (the path without the queues), KiB.
+    #[serde(default)]
+    pub bdp_min_kib: Option<f64>,
     /// lair's engine counters and HTTP statistics.
     pub engine: Option<serde_json::Value>,
 }

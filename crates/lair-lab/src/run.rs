@@ -592,6 +592,10 @@ impl Cell<'_> {
                 sendq_mean_kib: sendq.mean_kib(),
                 sendq_max_kib: sendq.max_kib(),
                 sendq_conns: sendq.mean_conns(),
+                notsent_kib: sendq.notsent_kib(),
+                rtt_ms: sendq.rtt_ms(),
+                bdp_kib: sendq.bdp_kib().0,
+                bdp_min_kib: sendq.bdp_kib().1,
                 engine: engine.clone(),
             });
         }

@@ -101,13 +101,18 @@ impl Blocking {
                 p.remove_net(super::correlate::key(fd));
             }
         }
-        if let Err(c) = self.correlate_read(token, &mut op, deadline) {
-            return c;
-        }
+        let pair = match self.correlate_read(token, &mut op, deadline) {
+            Ok(pair) => pair,
+            Err(c) => return c,
+        };
         let mut waited = false;
         loop {
             match exec(op, Wait::Block, &mut self.caps) {
                 Step::Done(result, out) => {
+                    // A chunk read: the pair's disk side is done.
+                    if let (Some(p), Some(pairs), true) = (pair, &mut self.pairs, result.is_ok()) {
+                        pairs.update(p, Some(true), None);
+                    }
                     let c = self.counters.op_mut(kind);
                     if waited {
                         c.parked += 1;
@@ -155,7 +160,7 @@ impl Blocking {
         token: Token,
         op: &mut Op,
         deadline: Option<Instant>,
-    ) -> Result<(), Completion> {
+    ) -> Result<Option<crate::ecem::PairId>, Completion> {
         let Op::Read {
             file,
             offset,
@@ -164,10 +169,10 @@ impl Blocking {
             ..
         } = op
         else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(pairs) = &mut self.pairs else {
-            return Ok(());
+            return Ok(None);
         };
         let pair = pairs.add(
             super::correlate::key(file),
@@ -178,14 +183,14 @@ impl Blocking {
             let room = os::poll_writable(sock);
             pairs.update(pair, None, Some(room));
             pairs.counters.reads_without_room += u64::from(!room);
-            return Ok(());
+            return Ok(Some(pair));
         }
         let t = Instant::now();
         os::prefetch_range(file, *offset, *len as u64);
         pairs.counters.prefetched(*len as u64, t.elapsed());
         if os::poll_writable(sock) {
             pairs.update(pair, None, Some(true));
-            return Ok(());
+            return Ok(Some(pair));
         }
         // No room: hold the read (the disk works meanwhile) until there is.
         pairs.update(pair, None, Some(false));
@@ -196,7 +201,7 @@ impl Blocking {
         pairs.deliver(pair, Instant::now());
         pairs.update(pair, None, Some(true));
         match waited {
-            Ok(Waited::Ready) => Ok(()),
+            Ok(Waited::Ready) => Ok(Some(pair)),
             Ok(Waited::Timeout | Waited::Stopped) => {
                 let op = std::mem::replace(op, Op::Close { fd: sock });
                 Err(self.fail(token, op, io::Error::from_raw_os_error(libc::ETIMEDOUT)))

@@ -56,10 +56,9 @@ pub(crate) struct Correlator {
 /// What DNS decided for one `sendfile`, checked against its result.
 pub(crate) struct Plan {
     pair: PairId,
-    room: u64,
-    window: usize,
-    /// The length the server asked for, given back if the send has to wait.
-    asked: usize,
+    /// A DNS send: the room measured, the window asked for and the length the server asked
+    /// for (given back if the send has to wait). `None`: a chunk read of a copied body.
+    send: Option<(u64, usize, usize)>,
 }
 
 impl Correlator {
@@ -98,15 +97,16 @@ impl Correlator {
             ..
         } = op
         {
-            if self.mode.ded {
-                self.hold_read(file, sock, *offset, *len as u64)?;
+            let pair = if self.mode.ded {
+                self.hold_read(file, sock, *offset, *len as u64)?
             } else {
                 let pair = self.table.add(key(file), key(sock), Order::DiskThenNet);
                 let room = os::poll_writable(sock);
                 self.table.update(pair, None, Some(room));
                 self.table.counters.reads_without_room += u64::from(!room);
-            }
-            return Ok(None);
+                pair
+            };
+            return Ok(Some(Plan { pair, send: None }));
         }
         let Op::Sendfile {
             sock,
@@ -158,9 +158,7 @@ impl Correlator {
         self.read_ahead(pair, file, *offset + window as u64);
         Ok(Some(Plan {
             pair,
-            room,
-            window,
-            asked,
+            send: Some((room, window, asked)),
         }))
     }
 
@@ -175,7 +173,7 @@ impl Correlator {
         sock: &Arc<OwnedFd>,
         offset: u64,
         len: u64,
-    ) -> Result<(), ()> {
+    ) -> Result<PairId, ()> {
         let pair = self.table.add(key(file), key(sock), Order::DiskThenNet);
         let now = Instant::now();
         let end = offset + len;
@@ -190,7 +188,7 @@ impl Correlator {
         if os::poll_writable(sock) {
             self.table.deliver(pair, now);
             self.table.update(pair, None, Some(true));
-            return Ok(());
+            return Ok(pair);
         }
         self.table.update(pair, None, Some(false));
         self.table.defer(pair, now);
@@ -236,29 +234,36 @@ impl Correlator {
         self.table.counters.prefetched(to - from, t.elapsed());
     }
 
-    /// What became of a planned `sendfile`.
+    /// What became of a planned operation: a chunk read that finished makes its pair's disk
+    /// side ready; a DNS send is counted against its room.
     pub fn after(&mut self, plan: Plan, step: &mut Step) {
+        let Some((room, window, asked)) = plan.send else {
+            if let Step::Done(Ok(_), _) = step {
+                self.table.update(plan.pair, Some(true), None);
+            }
+            return;
+        };
         let c = &mut self.table.counters;
         match step {
             Step::Done(Ok(n), _) => {
                 let n = *n as u64;
-                tracing::trace!(room = plan.room, window = plan.window, sent = n, "dns send");
+                tracing::trace!(room, window, sent = n, "dns send");
                 c.dns_sends += 1;
                 c.dns_bytes += n;
-                c.dns_room_bytes += plan.room;
-                c.dns_over_room_max = c.dns_over_room_max.max(n.saturating_sub(plan.room));
-                let full = n < plan.window as u64;
+                c.dns_room_bytes += room;
+                c.dns_over_room_max = c.dns_over_room_max.max(n.saturating_sub(room));
+                let full = n < window as u64;
                 self.table.update(plan.pair, Some(true), Some(!full));
                 if let Some(s) = self.table.splice_mut(plan.pair) {
                     // A short send found the socket full (and armed the next event).
-                    s.room_left = if full { 0 } else { plan.room.saturating_sub(n) };
+                    s.room_left = if full { 0 } else { room.saturating_sub(n) };
                 }
             }
             Step::Done(Err(_), _) => {}
             Step::WouldBlock(op) => {
                 // It waits for the next event, which sizes it again.
                 if let Op::Sendfile { len, .. } = op {
-                    *len = plan.asked;
+                    *len = asked;
                 }
                 self.table.update(plan.pair, None, Some(false));
             }
