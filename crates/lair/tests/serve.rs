@@ -904,8 +904,15 @@ fn cold_files_go_to_helpers_as_each_backend_says() {
         let sockets = helper("recv") + helper("send") + helper("accept");
         match b {
             "lazy" => {
-                // The cold read and the cold sendfile went to helpers; nothing else did.
-                assert!(helper("read") >= 1, "{j}");
+                // The cold sendfile went to a helper (cachestat said the window was not
+                // cached), and nothing but file calls did. The cold read usually does too,
+                // but not always: `preadv2(RWF_NOWAIT)` on an uncached page starts the
+                // readahead itself and returns the data if that I/O finished before it
+                // looked — on this virtio SSD, with the other CPU taking the interrupt, it
+                // sometimes does (seen once in a loaded run of the suite: read inline 1,
+                // helper 0). Either way the loop did not wait for the disk.
+                let read = &j["engine"]["ops"]["read"];
+                assert_eq!(read["submitted"], 1, "{j}");
                 assert!(helper("sendfile") >= 1, "{j}");
                 assert_eq!(sockets, 0, "{j}");
             }
