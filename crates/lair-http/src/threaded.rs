@@ -206,7 +206,7 @@ impl Local {
         let cfg = &shared.cfg;
         Local {
             shared: Arc::clone(shared),
-            exec: Blocking::new(stop, cfg.ecem, cfg.shutdown_timeout),
+            exec: Blocking::new(stop, cfg.ecem, cfg.notsent_lowat, cfg.shutdown_timeout),
             date: DateCache::default(),
             clock: LogClock::default(),
             stats: HttpStats::default(),

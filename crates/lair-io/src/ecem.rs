@@ -196,10 +196,10 @@ pub struct EcemCounters {
     pub deferred_ns_total: u64,
     /// Longest deferral, nanoseconds.
     pub deferred_ns_max: u64,
-    /// Reads of a body chunk issued while the socket it goes to had no room (under half the
-    /// `TCP_NOTSENT_LOWAT` mark free: `poll` not writable) — what DED avoids; counted where
-    /// reads name their socket (the thread model); under DED it stays 0, since the read is
-    /// issued only after `poll` said writable.
+    /// Reads of a body chunk issued while the socket it goes to had no room for it (more than
+    /// `TCP_NOTSENT_LOWAT` minus the chunk unsent; without a mark, `poll` not writable) —
+    /// what DED avoids; counted for every read that names its socket (a copied body); under
+    /// DED it stays 0, since the read is issued only once there is room.
     pub reads_without_room: u64,
     /// DNS sends (one per writability event that found room).
     pub dns_sends: u64,

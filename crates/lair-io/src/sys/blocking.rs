@@ -41,6 +41,8 @@ pub struct Blocking {
     caps: Caps,
     counters: Counters,
     ded: bool,
+    /// The `TCP_NOTSENT_LOWAT` the sockets carry (0: none): DED's measure of room.
+    lowat: u64,
     pairs: Option<PairTable>,
 }
 
@@ -57,7 +59,12 @@ impl Blocking {
 
     /// An executor whose interruptible waits end when `stop` is woken, and whose other waits
     /// end at most `shutdown_timeout` after that.
-    pub fn new(stop: &Waker, ecem: EcemMode, shutdown_timeout: std::time::Duration) -> Self {
+    pub fn new(
+        stop: &Waker,
+        ecem: EcemMode,
+        notsent_lowat: u32,
+        shutdown_timeout: std::time::Duration,
+    ) -> Self {
         Blocking {
             stop: Arc::clone(&stop.0),
             shutdown_timeout,
@@ -65,6 +72,7 @@ impl Blocking {
             caps: Caps::none(),
             counters: Counters::new(Self::NAME),
             ded: ecem.ded,
+            lowat: u64::from(notsent_lowat),
             // Kept whatever the mode, so the baseline's counters say how often it read while
             // the socket had no room (one zero-timeout `poll` per chunk read for a socket).
             pairs: Some(PairTable::new()),
@@ -180,15 +188,14 @@ impl Blocking {
             crate::ecem::Order::DiskThenNet,
         );
         if !self.ded {
-            let room = os::poll_writable(sock);
+            let room = super::correlate::room_for(sock, self.lowat, *len as u64);
             pairs.update(pair, None, Some(room));
             pairs.counters.reads_without_room += u64::from(!room);
             return Ok(Some(pair));
         }
         let t = Instant::now();
-        os::prefetch_range(file, *offset, *len as u64);
-        pairs.counters.prefetched(*len as u64, t.elapsed());
-        if os::poll_writable(sock) {
+        super::correlate::read_ahead_chunks(pairs, pair, file, *offset, *len as u64);
+        if super::correlate::room_for(sock, self.lowat, *len as u64) {
             pairs.update(pair, None, Some(true));
             return Ok(Some(pair));
         }

@@ -46,6 +46,51 @@ pub(crate) fn key(fd: &Arc<OwnedFd>) -> FdKey {
     }
 }
 
+/// Whether `sock` has room for `len` more bytes: under a mark, fewer than `mark - len`
+/// unsent (`SIOCOUTQNSD`, one `ioctl`) — so a chunk that fits goes at once, as a send that
+/// fills the socket would; otherwise what a zero-timeout `poll` says, which also arms the next
+/// writability event when it finds none (the kernel reports room below half the mark only).
+pub(crate) fn room_for(sock: &OwnedFd, mark: u64, len: u64) -> bool {
+    if mark > 0 {
+        if let Ok(unsent) = os::unsent_bytes(sock) {
+            if unsent + len <= mark {
+                return true;
+            }
+        }
+    }
+    os::poll_writable(sock)
+}
+
+/// DED's read-ahead: keep a copied body read ahead one chunk past the one about to be read.
+/// (The first full run read ahead only the chunk itself, just before its read: when the
+/// socket had room the read-ahead was still in flight, and 38,134 of 38,640 event-loop reads
+/// missed the cache and went to helper threads.)
+pub(crate) fn read_ahead_chunks(
+    table: &mut PairTable,
+    pair: PairId,
+    file: &OwnedFd,
+    offset: u64,
+    len: u64,
+) {
+    let want = offset + 2 * len;
+    let Some(s) = table.splice_mut(pair) else {
+        return;
+    };
+    let done = s.prefetched_to;
+    let from = if (offset..=want).contains(&done) {
+        done
+    } else {
+        offset
+    };
+    if from >= want {
+        return;
+    }
+    s.prefetched_to = want;
+    let t = Instant::now();
+    os::prefetch_range(file, from, want - from);
+    table.counters.prefetched(want - from, t.elapsed());
+}
+
 /// The correlation state of one reactor.
 pub(crate) struct Correlator {
     mode: EcemMode,
@@ -101,7 +146,7 @@ impl Correlator {
                 self.hold_read(file, sock, *offset, *len as u64)?
             } else {
                 let pair = self.table.add(key(file), key(sock), Order::DiskThenNet);
-                let room = os::poll_writable(sock);
+                let room = room_for(sock, self.lowat, *len as u64);
                 self.table.update(pair, None, Some(room));
                 self.table.counters.reads_without_room += u64::from(!room);
                 pair
@@ -176,16 +221,8 @@ impl Correlator {
     ) -> Result<PairId, ()> {
         let pair = self.table.add(key(file), key(sock), Order::DiskThenNet);
         let now = Instant::now();
-        let end = offset + len;
-        if let Some(s) = self.table.splice_mut(pair) {
-            if s.prefetched_to < end || s.prefetched_to > end + len {
-                s.prefetched_to = end;
-                let t = Instant::now();
-                os::prefetch_range(file, offset, len);
-                self.table.counters.prefetched(len, t.elapsed());
-            }
-        }
-        if os::poll_writable(sock) {
+        read_ahead_chunks(&mut self.table, pair, file, offset, len);
+        if room_for(sock, self.lowat, len) {
             self.table.deliver(pair, now);
             self.table.update(pair, None, Some(true));
             return Ok(pair);
