@@ -180,9 +180,8 @@ pub(crate) fn unsent_bytes(sock: &OwnedFd) -> io::Result<u64> {
 /// An `ioctl` that writes one `c_int` about a socket.
 fn sock_ioctl(sock: &OwnedFd, req: libc::Ioctl) -> io::Result<u64> {
     let mut v: libc::c_int = 0;
-    // SAFETY: `sock` is an open socket for the call's duration; the requests this is used
-    // with (`SIOCOUTQ`, `SIOCOUTQNSD`) write one `c_int` through the pointer, which points at
-    // a live local.
+    // The requests this is used with (`SIOCOUTQ`, `SIOCOUTQNSD`) write one `c_int`.
+    // SAFETY: `sock` is open for the call; the pointer is to `v`, a live local `c_int`.
     let r = unsafe { libc::ioctl(sock.as_raw_fd(), req, &mut v) };
     if r < 0 {
         return Err(io::Error::last_os_error());
