@@ -20,7 +20,7 @@ use lair_io::{Buf, BufMut, Bytes, Completion, FileType, Gather, Op, Out, SharedF
 
 use crate::cache::{Entry, FileCache};
 use crate::chunked;
-use crate::config::ServerConfig;
+use crate::config::{DataMode, ServerConfig};
 use crate::log::{self, LogClock};
 use crate::path::{self, PathError};
 use crate::request::{self, Head, Method, Parsed};
@@ -86,9 +86,6 @@ pub(crate) struct Cx<'a> {
     pub cache: &'a mut FileCache,
     pub bufs: &'a mut BufPool,
     pub stopping: bool,
-    /// Large bodies go through the send buffer — read a chunk, send it — instead of
-    /// `sendfile` (the thread-per-connection model, as Apache does by default).
-    pub copy_bodies: bool,
 }
 
 /// Send buffers shared by a worker's connections, so memory follows responses in flight, not
@@ -610,7 +607,7 @@ impl Conn {
             self.req.whole_file = first == 0 && count == len;
             self.req.entry = Some(Arc::clone(e));
             self.read_body()
-        } else if cx.copy_bodies {
+        } else if cx.cfg.data == DataMode::Copy {
             self.copy_chunk(cx)
         } else {
             self.send_buf(cx, Phase::SendingHead)

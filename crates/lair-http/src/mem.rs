@@ -36,9 +36,6 @@ pub struct MemConn {
     bufs: BufPool,
     date: DateCache,
     clock: LogClock,
-    /// Send large bodies through the send buffer (read, then send) instead of `sendfile`, as
-    /// the thread-per-connection model does.
-    pub copy_bodies: bool,
 }
 
 /// What one connection did.
@@ -70,7 +67,6 @@ impl MemConn {
             bufs: BufPool::default(),
             date: DateCache::default(),
             clock: LogClock::default(),
-            copy_bodies: false,
         })
     }
 
@@ -98,7 +94,6 @@ impl MemConn {
                 cache: &mut self.cache,
                 bufs: &mut self.bufs,
                 stopping: false,
-                copy_bodies: self.copy_bodies,
             };
             let op = match conn.step(&mut cx, done.take()) {
                 Next::Close => break,
@@ -192,7 +187,12 @@ mod tests {
     #[test]
     fn splits_do_not_change_what_is_sent() {
         let (_dir, cfg) = site();
+        let copying = ServerConfig {
+            data: crate::config::DataMode::Copy,
+            ..cfg.clone()
+        };
         let mut m = MemConn::new(cfg).unwrap();
+        let mut m_copy = MemConn::new(copying).unwrap();
         let reqs: &[u8] = b"GET /hello.txt HTTP/1.1\r\nHost: a\r\n\r\n\
             HEAD /big.bin HTTP/1.1\r\nHost: a\r\n\r\n\
             GET /big.bin HTTP/1.1\r\nHost: a\r\nRange: bytes=10-19\r\n\r\n\
@@ -208,9 +208,8 @@ mod tests {
         assert!(whole.output.ends_with(&[7u8; 1000]));
         let bytes: Vec<&[u8]> = reqs.chunks(1).collect();
         for (send_max, copy) in [(1, false), (7, true), (4096, false), (usize::MAX, true)] {
-            // Bodies copied through the send buffer (the thread model) are the same bytes.
-            m.copy_bodies = copy;
-            let split = m.run(&bytes, send_max);
+            // Bodies copied through the send buffer (`--data copy`) are the same bytes.
+            let split = if copy { &mut m_copy } else { &mut m }.run(&bytes, send_max);
             // Only the Date header may differ (a second may pass).
             let strip = |o: &[u8]| {
                 String::from_utf8_lossy(o)

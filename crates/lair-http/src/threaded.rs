@@ -255,7 +255,6 @@ impl Local {
                 cache: &mut self.cache,
                 bufs: &mut self.bufs,
                 stopping,
-                copy_bodies: shared.cfg.data == crate::config::DataMode::Copy,
             };
             let next = match (std::mem::take(&mut first), admitted) {
                 (true, true) => conn.step(&mut cx, None),

@@ -382,7 +382,6 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             cache,
             bufs,
             stopping: self.stopping,
-            copy_bodies: shared.cfg.data == crate::config::DataMode::Copy,
         };
         let next = match w.input {
             // Admitted in the order connections start, up to the cap over all workers; a

@@ -9,12 +9,11 @@
 //! socket's `EAGAIN` turns into a `poll` here instead of a parked operation.
 //!
 //! Deferred event delivery (`--ecem ded`, seed 000 §3.2) for a body sent through the thread's
-//! buffer ([`Op::Read`] naming the socket its bytes go to): the thread first asks for the
-//! chunk to be read into the page cache without waiting (`POSIX_FADV_WILLNEED`), then waits
-//! for room on the socket (`POLLOUT`, which `TCP_NOTSENT_LOWAT` holds back until less than
-//! half the mark is unsent), then reads the chunk — cached by then, unless the disk is slower
-//! than the client — and the send that follows finds the room there. It blocks once per
-//! chunk, where read-then-write blocks on the disk and then again on the socket.
+//! buffer ([`Op::Read`] naming the socket its bytes go to): the body is kept read ahead a
+//! chunk beyond this one (`POSIX_FADV_WILLNEED`, which does not wait); when the socket has no
+//! room for the chunk the thread waits for it (`POLLOUT`, which `TCP_NOTSENT_LOWAT` holds back
+//! until less than half the mark is unsent), then reads the chunk — cached by then, unless the
+//! disk is slower than the client — and the send that follows finds the room there.
 //!
 //! Invariants: a wait never outlasts the deadline it was given (the operation then fails with
 //! `ETIMEDOUT` and gives its buffers back); an interruptible wait also ends when the stop
@@ -43,7 +42,9 @@ pub struct Blocking {
     ded: bool,
     /// The `TCP_NOTSENT_LOWAT` the sockets carry (0: none): DED's measure of room.
     lowat: u64,
-    pairs: Option<PairTable>,
+    /// Kept whatever the mode, so the baseline's counters say how often it read while the
+    /// socket had no room (one `ioctl` per chunk read for a socket).
+    pairs: PairTable,
 }
 
 /// How a wait for a socket ended.
@@ -73,9 +74,7 @@ impl Blocking {
             counters: Counters::new(Self::NAME),
             ded: ecem.ded,
             lowat: u64::from(notsent_lowat),
-            // Kept whatever the mode, so the baseline's counters say how often it read while
-            // the socket had no room (one zero-timeout `poll` per chunk read for a socket).
-            pairs: Some(PairTable::new()),
+            pairs: PairTable::new(),
         }
     }
 
@@ -89,7 +88,7 @@ impl Blocking {
     /// the pair table's counters.
     pub fn counters(&self) -> Counters {
         let mut c = self.counters.clone();
-        c.ecem = self.pairs.as_ref().map(|p| p.counters);
+        c.ecem = Some(self.pairs.counters);
         c
     }
 
@@ -105,21 +104,53 @@ impl Blocking {
         let kind = op.kind();
         self.counters.op_mut(kind).submitted += 1;
         if let Op::Close { fd } = &op {
-            if let Some(p) = &mut self.pairs {
-                p.remove_net(super::correlate::key(fd));
+            self.pairs.remove_net(super::correlate::key(fd));
+        }
+        let mut pair = None;
+        if let Op::Read {
+            file,
+            offset,
+            len,
+            to: Some(sock),
+            ..
+        } = &op
+        {
+            let now = Instant::now();
+            let (p, go) = super::correlate::chunk_read(
+                &mut self.pairs,
+                self.ded,
+                self.lowat,
+                file,
+                sock,
+                *offset,
+                *len as u64,
+                now,
+            );
+            pair = Some(p);
+            if !go {
+                // No room: hold the read (the disk works on the read-ahead meanwhile).
+                let waited = self.wait(sock, Interest::Write, deadline, false);
+                self.pairs.deliver(p, Instant::now());
+                self.pairs.update(p, None, Some(true));
+                let e = match waited {
+                    Ok(Waited::Ready) => None,
+                    Ok(Waited::Timeout | Waited::Stopped) => {
+                        Some(io::Error::from_raw_os_error(libc::ETIMEDOUT))
+                    }
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = e {
+                    return self.fail(token, op, e);
+                }
             }
         }
-        let pair = match self.correlate_read(token, &mut op, deadline) {
-            Ok(pair) => pair,
-            Err(c) => return c,
-        };
         let mut waited = false;
         loop {
             match exec(op, Wait::Block, &mut self.caps) {
                 Step::Done(result, out) => {
                     // A chunk read: the pair's disk side is done.
-                    if let (Some(p), Some(pairs), true) = (pair, &mut self.pairs, result.is_ok()) {
-                        pairs.update(p, Some(true), None);
+                    if let (Some(p), true) = (pair, result.is_ok()) {
+                        self.pairs.update(p, Some(true), None);
                     }
                     let c = self.counters.op_mut(kind);
                     if waited {
@@ -155,67 +186,6 @@ impl Blocking {
                         Err(e) => return self.fail(token, o, e),
                     }
                 }
-            }
-        }
-    }
-
-    /// A read whose bytes go to a socket: pair the two. With DED, start the read without
-    /// waiting, then wait for the socket's room, so the read that follows finds the pages
-    /// cached and the send finds the room; without it, count a read made while the socket
-    /// had none (what DED avoids).
-    fn correlate_read(
-        &mut self,
-        token: Token,
-        op: &mut Op,
-        deadline: Option<Instant>,
-    ) -> Result<Option<crate::ecem::PairId>, Completion> {
-        let Op::Read {
-            file,
-            offset,
-            len,
-            to: Some(sock),
-            ..
-        } = op
-        else {
-            return Ok(None);
-        };
-        let Some(pairs) = &mut self.pairs else {
-            return Ok(None);
-        };
-        let pair = pairs.add(
-            super::correlate::key(file),
-            super::correlate::key(sock),
-            crate::ecem::Order::DiskThenNet,
-        );
-        if !self.ded {
-            let room = super::correlate::room_for(sock, self.lowat, *len as u64);
-            pairs.update(pair, None, Some(room));
-            pairs.counters.reads_without_room += u64::from(!room);
-            return Ok(Some(pair));
-        }
-        let t = Instant::now();
-        super::correlate::read_ahead_chunks(pairs, pair, file, *offset, *len as u64);
-        if super::correlate::room_for(sock, self.lowat, *len as u64) {
-            pairs.update(pair, None, Some(true));
-            return Ok(Some(pair));
-        }
-        // No room: hold the read (the disk works meanwhile) until there is.
-        pairs.update(pair, None, Some(false));
-        pairs.defer(pair, t);
-        let sock = Arc::clone(sock);
-        let waited = self.wait(&sock, Interest::Write, deadline, false);
-        let pairs = self.pairs.as_mut().expect("checked above");
-        pairs.deliver(pair, Instant::now());
-        pairs.update(pair, None, Some(true));
-        match waited {
-            Ok(Waited::Ready) => Ok(Some(pair)),
-            Ok(Waited::Timeout | Waited::Stopped) => {
-                let op = std::mem::replace(op, Op::Close { fd: sock });
-                Err(self.fail(token, op, io::Error::from_raw_os_error(libc::ETIMEDOUT)))
-            }
-            Err(e) => {
-                let op = std::mem::replace(op, Op::Close { fd: sock });
-                Err(self.fail(token, op, e))
             }
         }
     }

@@ -61,17 +61,45 @@ pub(crate) fn room_for(sock: &OwnedFd, mark: u64, len: u64) -> bool {
     os::poll_writable(sock)
 }
 
+/// A chunk read of a copied body, whose bytes go to `sock`: pair the two and say whether the
+/// read may go now (both models use this). Under DED the body is kept read ahead a chunk
+/// beyond this one and the read goes only if the socket has room for the chunk (held, the
+/// deferral is timed from `now`); without DED it always goes, and a read made while the
+/// socket had no room is counted — what DED avoids.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunk_read(
+    table: &mut PairTable,
+    ded: bool,
+    mark: u64,
+    file: &Arc<OwnedFd>,
+    sock: &Arc<OwnedFd>,
+    offset: u64,
+    len: u64,
+    now: Instant,
+) -> (PairId, bool) {
+    let pair = table.add(key(file), key(sock), Order::DiskThenNet);
+    if ded {
+        read_ahead_chunks(table, pair, file, offset, len);
+    }
+    let room = room_for(sock, mark, len);
+    table.update(pair, None, Some(room));
+    if !ded {
+        table.counters.reads_without_room += u64::from(!room);
+        return (pair, true);
+    }
+    if room {
+        table.deliver(pair, now);
+    } else {
+        table.defer(pair, now);
+    }
+    (pair, room)
+}
+
 /// DED's read-ahead: keep a copied body read ahead one chunk past the one about to be read.
 /// (The first full run read ahead only the chunk itself, just before its read: when the
 /// socket had room the read-ahead was still in flight, and 38,134 of 38,640 event-loop reads
 /// missed the cache and went to helper threads.)
-pub(crate) fn read_ahead_chunks(
-    table: &mut PairTable,
-    pair: PairId,
-    file: &OwnedFd,
-    offset: u64,
-    len: u64,
-) {
+fn read_ahead_chunks(table: &mut PairTable, pair: PairId, file: &OwnedFd, offset: u64, len: u64) {
     let want = offset + 2 * len;
     let Some(s) = table.splice_mut(pair) else {
         return;
@@ -109,7 +137,7 @@ pub(crate) struct Plan {
 impl Correlator {
     /// The correlation state of one reactor. It is kept with every mode: without DED, the
     /// reads of a copied body that found their socket without room are still counted (one
-    /// zero-timeout `poll` per chunk), so the baseline shows what DED avoids.
+    /// `ioctl` per chunk), so the baseline shows what DED avoids.
     pub fn new(config: &EngineConfig) -> Self {
         Correlator {
             mode: config.ecem,
@@ -127,10 +155,11 @@ impl Correlator {
         self.table.remove_net(key(fd));
     }
 
-    /// DNS for a `sendfile` about to be attempted: pair it, and size its window to the
-    /// socket's room. `Err(())` holds it until the next writability event (less than a page
-    /// of room); `Ok(None)` leaves it as it is (not a `sendfile`, DNS off, or the room could
-    /// not be read). The reactor's readiness flag is not trusted to say "no room": it is also
+    /// Before an operation is attempted: a chunk read of a copied body is paired and, under
+    /// DED, held while its socket has no room for it ([`chunk_read`]); a `sendfile` under DNS
+    /// is paired and its window sized to the socket's room. `Err(())` holds the operation
+    /// until the next writability event; `Ok(None)` leaves it as it is (neither kind, DNS
+    /// off, or the room could not be read). The reactor's readiness flag is not trusted to say "no room": it is also
     /// cleared when a call leaves for a helper, and holding a send on it then would wait for
     /// an edge the kernel was never asked to raise.
     pub fn before(&mut self, op: &mut Op) -> Result<Option<Plan>, ()> {
@@ -142,15 +171,21 @@ impl Correlator {
             ..
         } = op
         {
-            let pair = if self.mode.ded {
-                self.hold_read(file, sock, *offset, *len as u64)?
-            } else {
-                let pair = self.table.add(key(file), key(sock), Order::DiskThenNet);
-                let room = room_for(sock, self.lowat, *len as u64);
-                self.table.update(pair, None, Some(room));
-                self.table.counters.reads_without_room += u64::from(!room);
-                pair
-            };
+            let (pair, go) = chunk_read(
+                &mut self.table,
+                self.mode.ded,
+                self.lowat,
+                file,
+                sock,
+                *offset,
+                *len as u64,
+                Instant::now(),
+            );
+            if !go {
+                // Parked on the socket's writability by the reactor; the `poll` that found
+                // no room armed it.
+                return Err(());
+            }
             return Ok(Some(Plan { pair, send: None }));
         }
         let Op::Sendfile {
@@ -205,31 +240,6 @@ impl Correlator {
             pair,
             send: Some((room, window, asked)),
         }))
-    }
-
-    /// DED for a read whose bytes go to `sock`: start reading the chunk into the page cache
-    /// (once per chunk), then hold the read (`Err`) while the socket has no room — the
-    /// reactor parks it on the socket's writability — so the loop never wakes for a read's
-    /// completion only to park the send, and the copy it makes is sent while still in the
-    /// CPU's cache. The zero-timeout `poll` that finds no room arms the writability event.
-    fn hold_read(
-        &mut self,
-        file: &Arc<OwnedFd>,
-        sock: &Arc<OwnedFd>,
-        offset: u64,
-        len: u64,
-    ) -> Result<PairId, ()> {
-        let pair = self.table.add(key(file), key(sock), Order::DiskThenNet);
-        let now = Instant::now();
-        read_ahead_chunks(&mut self.table, pair, file, offset, len);
-        if room_for(sock, self.lowat, len) {
-            self.table.deliver(pair, now);
-            self.table.update(pair, None, Some(true));
-            return Ok(pair);
-        }
-        self.table.update(pair, None, Some(false));
-        self.table.defer(pair, now);
-        Err(())
     }
 
     /// Bytes the socket takes before it reaches the mark (`SIOCOUTQNSD`: one `ioctl`), or,
