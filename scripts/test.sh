@@ -24,14 +24,20 @@ combos=(
   "--ecem dns"
   "--data copy"
   "--data copy --ecem ded"
+  "--data splice"
+  "--data splice --ecem dns"
+  "--data share"
+  "--data share --ecem dns"
   "--model threads"
   "--model threads --data copy"
   "--model threads --data copy --ecem ded"
+  "--model threads --data splice"
+  "--model threads --data share"
 )
 # The end-to-end suites that start servers through tests/support (the lab's tests start
 # theirs from experiment files, which set their own modes).
 e2e=(--test serve --test hostile --test regression --test security --test syscalls
-  --test uring_fallback --test load --test modes)
+  --test uring_fallback --test load --test modes --test datapath)
 
 # Commands the integration tests run, and the Debian package that has each.
 declare -A pkg_of=(

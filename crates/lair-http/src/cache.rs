@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use lair_io::{Bytes, FileStat, SharedFd, Watch, Watcher};
+use lair_io::{Bytes, FileStat, Mapping, SharedFd, Watch, Watcher};
 
 use crate::validators::ETag;
 
@@ -53,6 +53,9 @@ pub struct Entry {
     /// response that uses it sends these very bytes (a slice for a range) next to its own head
     /// in one gather send, without copying them (copy semantics without the copy).
     pub body: OnceLock<Bytes>,
+    /// A shared mapping of the whole file (`--data share`), made by the first response that
+    /// sends from it and reused by the others until the entry is replaced.
+    pub map: OnceLock<Arc<Mapping>>,
     opened: Instant,
     /// Hits checked with `fstat` so far (the entry is watched once they reach
     /// [`WATCH_AFTER`]).
@@ -74,6 +77,7 @@ impl Entry {
             rel,
             content_type,
             body: OnceLock::new(),
+            map: OnceLock::new(),
             opened: now,
             stat_checks: AtomicU32::new(0),
             watch: OnceLock::new(),

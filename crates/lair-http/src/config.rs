@@ -85,8 +85,9 @@ impl std::str::FromStr for Model {
     }
 }
 
-/// How a large body leaves the server (`--data`; seed 004's data-passing modes, of which
-/// these two exist so far).
+/// How a large body leaves the server (`--data`; seed 004's data-passing modes). Each mode's
+/// system calls live in lair-io (`lair_io::datapath` for the kernel-side paths); the server
+/// only picks one per response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DataMode {
@@ -96,27 +97,48 @@ pub enum DataMode {
     /// Read a chunk into the connection's buffer, then send it (the baseline every paper
     /// starts from; seed 000's "via a process buffer").
     Copy,
+    /// `splice` file → pipe → socket, through a pipe from a small per-worker pool.
+    Splice,
+    /// `send` from a shared mapping of the file (`mmap`), one per cached file.
+    Share,
+}
+
+impl DataMode {
+    /// Every mode, in the order experiments list them.
+    pub const ALL: [DataMode; 4] = [
+        DataMode::Copy,
+        DataMode::Share,
+        DataMode::Sendfile,
+        DataMode::Splice,
+    ];
+
+    /// The name on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DataMode::Sendfile => "sendfile",
+            DataMode::Copy => "copy",
+            DataMode::Splice => "splice",
+            DataMode::Share => "share",
+        }
+    }
 }
 
 impl std::fmt::Display for DataMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DataMode::Sendfile => "sendfile",
-            DataMode::Copy => "copy",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl std::str::FromStr for DataMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "sendfile" => Ok(DataMode::Sendfile),
-            "copy" => Ok(DataMode::Copy),
-            other => Err(format!(
-                "unknown data mode {other:?} (known: sendfile, copy)"
-            )),
-        }
+        DataMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = DataMode::ALL.into_iter().map(DataMode::name).collect();
+                format!("unknown data mode {s:?} (known: {})", known.join(", "))
+            })
     }
 }
 
@@ -180,11 +202,13 @@ lair_conf::settings! {
         /// `.well-known` is always served).
         dotfiles: bool = "false" as Switch;
         /// Bodies up to this size are read into memory and sent with the head in one write;
-        /// larger ones go with sendfile.
+        /// larger ones go by `--data`.
         small_file_bytes: usize = "16k" as Size;
-        /// How a body larger than `--small-file-bytes` is sent: `sendfile`, or `copy` (read
+        /// How a body larger than `--small-file-bytes` is sent: `sendfile`; `copy` (read
         /// 64 KiB at a time into the connection's buffer, then send it: Apache's default,
-        /// `EnableSendfile Off`, and what deferred event delivery works on).
+        /// `EnableSendfile Off`, and what deferred event delivery works on); `splice` (file →
+        /// pipe → socket, pipes from a per-worker pool); `share` (`send` from a shared
+        /// mapping of the file). `uring` stages `splice` and `share` as it stages sendfile.
         data: DataMode = "sendfile" as Name;
         /// Most bytes one sendfile call sends before the connection waits its turn again
         /// (fairness between large downloads, like nginx's `sendfile_max_chunk`); the one

@@ -16,7 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lair_io::{Buf, BufMut, Bytes, Completion, FileType, Gather, Op, Out, SharedFd};
+use lair_io::{
+    Buf, BufMut, Bytes, Completion, FileType, Gather, Mapping, Op, Out, Pipe, SharedFd, Via,
+};
 
 use crate::cache::{Entry, FileCache};
 use crate::chunked;
@@ -88,11 +90,13 @@ pub(crate) struct Cx<'a> {
     pub stopping: bool,
 }
 
-/// Send buffers shared by a worker's connections, so memory follows responses in flight, not
-/// open connections (an idle keep-alive connection holds only its small receive buffer).
+/// Send buffers and splice pipes shared by a worker's connections, so memory (and pipe
+/// pages, which count against the user's `pipe-user-pages-soft`) follows responses in flight,
+/// not open connections (an idle keep-alive connection holds only its small receive buffer).
 #[derive(Debug, Default)]
 pub(crate) struct BufPool {
     free: Vec<Vec<u8>>,
+    pipes: Vec<Pipe>,
 }
 
 impl BufPool {
@@ -100,13 +104,30 @@ impl BufPool {
     const KEEP: usize = 256;
     const KEEP_BYTES: usize = 64 * 1024;
 
+    /// Most empty pipes kept.
+    const KEEP_PIPES: usize = 16;
+
     fn take(&mut self) -> Vec<u8> {
         self.free.pop().unwrap_or_default()
     }
 
-    /// Drop the spare buffers (the worker is idle).
+    /// Drop the spare buffers and pipes (the worker is idle).
     pub fn clear(&mut self) {
         self.free = Vec::new();
+        self.pipes = Vec::new();
+    }
+
+    /// An empty pipe, if one is kept (else the engine makes one).
+    fn take_pipe(&mut self) -> Option<Pipe> {
+        self.pipes.pop()
+    }
+
+    /// Keep a pipe for the next splice, if it holds nothing (one holding bytes of a transfer
+    /// that ended early is dropped, and its bytes with it).
+    fn give_pipe(&mut self, p: Pipe) {
+        if p.held() == 0 && self.pipes.len() < Self::KEEP_PIPES {
+            self.pipes.push(p);
+        }
     }
 
     fn give(&mut self, mut b: Vec<u8>) {
@@ -127,8 +148,15 @@ struct Req {
     trailing_slash: bool,
     index: bool,
     file: Option<SharedFd>,
-    /// The cache entry being served (its body is filled after a whole-file read).
+    /// The cache entry being served (its body is filled after a whole-file read; its mapping
+    /// after the first send from one).
     entry: Option<Arc<Entry>>,
+    /// The splice pipe of the body being sent (`--data splice`), holding what the socket has
+    /// not taken yet.
+    pipe: Option<Pipe>,
+    /// The file's mapping (`--data share`), and the file's length it covers.
+    map: Option<Arc<Mapping>>,
+    file_len: u64,
     /// A body sent from the cache: shared, immutable bytes that follow the head in the same
     /// gather send (no copy into the send buffer).
     shared_body: Option<Bytes>,
@@ -610,6 +638,11 @@ impl Conn {
         } else if cx.cfg.data == DataMode::Copy {
             self.copy_chunk(cx)
         } else {
+            if cx.cfg.data == DataMode::Share {
+                self.req.map = e.map.get().cloned();
+                self.req.file_len = len;
+                self.req.entry = Some(Arc::clone(e));
+            }
             self.send_buf(cx, Phase::SendingHead)
         }
     }
@@ -760,12 +793,20 @@ impl Conn {
         }
     }
 
-    fn send_file(&mut self, cx: &Cx<'_>) -> Next {
+    fn send_file(&mut self, cx: &mut Cx<'_>) -> Next {
         let Some(file) = self.req.file.clone() else {
             return Next::Close;
         };
         self.phase = Phase::SendingFile;
         self.deadline = Some(cx.now + cx.cfg.send_timeout);
+        let via = match cx.cfg.data {
+            DataMode::Splice => Via::Splice(self.req.pipe.take().or_else(|| cx.bufs.take_pipe())),
+            DataMode::Share => Via::Mapped {
+                map: self.req.map.clone(),
+                file_len: self.req.file_len,
+            },
+            DataMode::Sendfile | DataMode::Copy => Via::Sendfile,
+        };
         Next::Submit(Op::Sendfile {
             sock: Arc::clone(&self.sock),
             file,
@@ -773,18 +814,35 @@ impl Conn {
             len: usize::try_from(self.req.body_left)
                 .unwrap_or(usize::MAX)
                 .min(cx.cfg.sendfile_chunk.max(1)),
+            via,
         })
     }
 
     fn on_sendfile(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
+        match c.out {
+            Out::Via(Via::Splice(Some(p))) => self.req.pipe = Some(p),
+            Out::Via(Via::Mapped { map: Some(m), .. }) => {
+                if let Some(e) = &self.req.entry {
+                    let _ = e.map.set(Arc::clone(&m));
+                }
+                self.req.map = Some(m);
+            }
+            _ => {}
+        }
         match c.result {
             // `Ok(0)`: the file shrank while being sent; the client gets a short body and a
             // close, never bytes past the file's end.
             Ok(n) => match self.body_moved(cx, n) {
                 None => Next::Close,
                 Some(true) => self.send_file(cx),
-                Some(false) => self.complete(cx),
+                Some(false) => {
+                    if let Some(p) = self.req.pipe.take() {
+                        cx.bufs.give_pipe(p);
+                    }
+                    self.complete(cx)
+                }
             },
+            // `EFAULT` from a mapping: the file was cut short while mapped.
             Err(_) => Next::Close,
         }
     }

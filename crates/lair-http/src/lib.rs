@@ -163,6 +163,9 @@ pub struct Report {
     pub workers: Vec<WorkerReport>,
     /// What watched the small-file cache's hot entries did (`None`: no watcher).
     pub file_watch: Option<lair_io::watch::WatchCounts>,
+    /// Pipes and mappings the data paths made, and transfers they ran as `sendfile` instead
+    /// (process-wide).
+    pub datapath: lair_io::DataPathCounts,
 }
 
 /// State every worker shares (read-only but for the stop flag and waker list).
@@ -193,18 +196,23 @@ pub(crate) struct ServerState {
 /// `worker_connections`). Found by the flaky-test hunt of issue 12: under
 /// `prlimit --nofile=256` on a loaded machine, 192 connections that all missed the cache at
 /// once opened 192 files, the opens failed with `EMFILE`, and 1,000 clients got 75 answers.
-/// Connections beyond the cap get 503.
+/// Connections beyond the cap get 503. Under `--data splice` a connection sending a body may
+/// also hold a pipe (two more descriptors), so the cap is a quarter.
 fn connection_cap(cfg: &ServerConfig, nofile: Option<u64>) -> usize {
     let want = cfg.max_connections.max(1);
     let Some(n) = nofile.and_then(|n| usize::try_from(n).ok()) else {
         return want;
     };
-    let cap = (n.saturating_sub(64) / 2).max(1);
+    let (per, what) = match cfg.data {
+        DataMode::Splice => (4, "a socket, a file and a pipe"),
+        _ => (2, "a socket and a file"),
+    };
+    let cap = (n.saturating_sub(64) / per).max(1);
     if cap < want {
         tracing::warn!(
             "descriptor limit {n}: at most {cap} connections at once (--max-connections \
-             {want}; each may need a socket and a file, and 64 are kept for the server), 503 \
-             beyond — raise the limit (ulimit -n, LimitNOFILE=) for more"
+             {want}; each may need {what}, and 64 are kept for the server), 503 beyond — \
+             raise the limit (ulimit -n, LimitNOFILE=) for more"
         );
     }
     cap.min(want)
@@ -469,6 +477,7 @@ impl Running {
             http,
             workers,
             file_watch,
+            datapath: lair_io::datapath::counts(),
         })
     }
 }

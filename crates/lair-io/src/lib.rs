@@ -40,6 +40,8 @@ pub use op::{
 pub use sys::blocking::Blocking;
 pub use sys::buf;
 pub use sys::buf::{Buf, BufMut, Bytes, Gather};
+pub use sys::datapath;
+pub use sys::datapath::{DataPathCounts, Mapping, Pipe, Via};
 pub use sys::watch;
 pub use sys::watch::{Watch, Watcher};
 pub use sys::{

@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::buf::{BufMut, Gather};
+use crate::datapath::Via;
 
 /// A descriptor shared between the caller and the engine (and, for a background operation,
 /// a helper thread). It closes when the last clone is dropped, so a helper still running on
@@ -105,6 +106,10 @@ pub enum Op {
         offset: u64,
         /// How many bytes at most.
         len: usize,
+        /// Which kernel path moves them (`sendfile`, `splice` through a pipe, `send` from a
+        /// mapping; see [`crate::datapath`]); given back, with its pipe or mapping, in the
+        /// completion ([`Out::Via`]). `uring` always stages (it says so once).
+        via: Via,
     },
     /// Shut down the sending side (`shutdown(SHUT_WR)`), for a lingering close.
     Shutdown {
@@ -224,6 +229,7 @@ impl Op {
         match self {
             Op::Recv { buf, .. } | Op::Read { buf, .. } => Out::Buf(buf),
             Op::Send { bufs, .. } | Op::Write { bufs, .. } => Out::Gather(bufs),
+            Op::Sendfile { via, .. } => Out::Via(via),
             _ => Out::None,
         }
     }
@@ -348,6 +354,9 @@ pub enum Out {
     Conn(SharedFd, Option<SocketAddr>),
     /// The result of `Stat`.
     Stat(FileStat),
+    /// How a `Sendfile` moved its bytes, with the pipe (holding what the socket did not take
+    /// yet) or the mapping it used, also on error.
+    Via(Via),
 }
 
 /// A finished operation (the seed's `laio_completion`).

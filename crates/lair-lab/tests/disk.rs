@@ -198,6 +198,7 @@ mod engine {
                 file,
                 offset: 0,
                 len: 8192,
+                via: lair_io::Via::Sendfile,
             };
             match b.submit(Token(1), op) {
                 Submit::Pending => {

@@ -190,6 +190,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         w.changed,
         w.refused
     );
+    let d = report.datapath;
+    if d != lair_io::DataPathCounts::default() {
+        crate::say!(
+            "data paths: {} pipes made, {} splices sent with sendfile instead; {} files mapped, {} mapped sends with sendfile instead",
+            d.pipes_made,
+            d.splice_fallbacks,
+            d.maps_made,
+            d.map_fallbacks
+        );
+    }
     if let Some(p) = stats_json {
         let json = serde_json::to_string_pretty(&report)?;
         fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;

@@ -15,19 +15,6 @@ fn stats(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// A content manifest of the site (`lair lab manifest`), for `lair load --manifest`.
-fn manifest(site: &Site) -> std::path::PathBuf {
-    let path = site.dir.path().join("manifest.tsv");
-    let out = Command::new(env!("CARGO_BIN_EXE_lair"))
-        .args(["lab", "manifest"])
-        .arg(&site.root)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    std::fs::write(&path, &out.stdout).unwrap();
-    path
-}
-
 /// The readiness backends, where event correlation runs (`uring` says it does not).
 fn correlates(backend: &str) -> bool {
     backend != "uring"
@@ -76,7 +63,7 @@ fn dns_sends_the_room_it_measured_to_slow_readers() {
         let body: Vec<u8> = pattern(2 << 20).iter().map(|b| b ^ i).collect();
         std::fs::write(site.path(&format!("f{i}.bin")), body).unwrap();
     }
-    let manifest = manifest(&site);
+    let manifest = site.manifest();
     let trace = site.dir.path().join("trace.txt");
     std::fs::write(&trace, "/f0.bin\n/f1.bin\n/f2.bin\n/big.bin\n").unwrap();
     for b in BACKENDS {
@@ -194,7 +181,7 @@ fn a_client_that_vanishes_mid_download_frees_its_pair_and_thread() {
 #[test]
 fn ded_reads_a_chunk_only_when_its_socket_has_room() {
     let site = Site::new();
-    let manifest = manifest(&site);
+    let manifest = site.manifest();
     for model in ["events", "threads"] {
         let mut without = 0;
         for ded in [false, true] {
@@ -205,26 +192,19 @@ fn ded_reads_a_chunk_only_when_its_socket_has_room() {
                 .args(["--ecem", if ded { "ded" } else { "off" }])
                 .args(["--stats-json", json.to_str().unwrap()])
                 .start();
-            let load = Command::new(env!("CARGO_BIN_EXE_lair"))
-                .args(["load", &srv.url("/big.bin"), "-c", "4", "-n", "4"])
-                .args(["--recv-rate", "2m", "--recv-buffer", "16k", "--json", "-q"])
-                .args(["--timeout", "30s", "--manifest"])
-                .arg(&manifest)
-                .output()
-                .unwrap();
-            assert!(
-                load.status.success(),
-                "{what}: {}",
-                String::from_utf8_lossy(&load.stderr)
-            );
-            let report: serde_json::Value = serde_json::from_slice(&load.stdout).unwrap();
-            assert_eq!(report["requests"], 4, "{what}: {report}");
-            for (kind, n) in report["errors"].as_object().unwrap() {
-                assert_eq!(
-                    n, 0,
-                    "{what}: {kind} errors (bodies checked by the manifest)"
-                );
-            }
+            let args = [
+                "-c",
+                "4",
+                "-n",
+                "4",
+                "--recv-rate",
+                "2m",
+                "--recv-buffer",
+                "16k",
+                "--timeout",
+                "30s",
+            ];
+            support::load_checked(&what, &srv.url("/big.bin"), &args, &manifest, 4);
             srv.stop();
             let e = &stats(&json)["engine"]["ecem"];
             let n = |k: &str| {

@@ -1171,20 +1171,13 @@ fn lazy_sends_cached_files_inline_for_a_user_who_does_not_own_them() {
         );
     }
     let site = Site::new();
-    for p in [site.dir.path(), site.root.as_path()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    site.open_to_all();
     let stats = std::env::temp_dir().join(format!("lair-nonowner-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&stats);
     let mut srv = Opts::new(&site.root, "lazy")
         .events()
         .workers(1)
-        .wrapper([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ])
+        .wrapper(support::AS_NOBODY)
         .args(["--stats-json", stats.to_str().unwrap()])
         .start();
     let mut c = srv.connect();

@@ -193,6 +193,7 @@ impl Correlator {
             file,
             offset,
             len,
+            ..
         } = op
         else {
             return Ok(None);

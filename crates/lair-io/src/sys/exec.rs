@@ -10,6 +10,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::datapath;
 use super::os::{self, Wait};
 use crate::op::{Attempt, Call, Op, Out};
 
@@ -43,6 +44,10 @@ pub struct Caps {
     /// only then is `cachestat`'s answer checked with a read (see [`os::range_cached`]).
     pub last_miss: Option<Instant>,
 }
+
+/// The smallest pipe a splice asks for: the default pipe size (16 pages); larger windows
+/// get pipes as large as the window (`F_SETPIPE_SZ`, up to `pipe-max-size`).
+const PIPE_BYTES: usize = 64 << 10;
 
 /// How long after the last miss a read may still be in flight.
 const IN_FLIGHT_FOR: Duration = Duration::from_secs(10);
@@ -147,9 +152,11 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             file,
             offset,
             len,
+            via,
         } => {
             // Inline only if all of the caller's window (`len`, sized by `--sendfile-chunk`)
-            // is cached: a partly cached window would wait for the disk.
+            // is cached: a partly cached window would wait for the disk. Bytes a splice's
+            // pipe already holds need no disk, but the rest of the window may.
             if nowait {
                 let cached = caps.cachestat && residency(caps, &file, offset, len as u64);
                 if !cached {
@@ -158,18 +165,21 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
                         file,
                         offset,
                         len,
+                        via,
                     });
                 }
             }
-            match os::sendfile(&sock, &file, offset, len) {
-                Ok(n) => Step::Done(Ok(n), Out::None),
-                Err(e) if would_block(&e) => Step::WouldBlock(Op::Sendfile {
+            let window = len.max(PIPE_BYTES);
+            match datapath::transfer(via, &sock, &file, offset, len, window) {
+                (Ok(n), via) => Step::Done(Ok(n), Out::Via(via)),
+                (Err(e), via) if would_block(&e) => Step::WouldBlock(Op::Sendfile {
                     sock,
                     file,
                     offset,
                     len,
+                    via,
                 }),
-                Err(e) => Step::Done(Err(e), Out::None),
+                (Err(e), via) => Step::Done(Err(e), Out::Via(via)),
             }
         }
         Op::Shutdown { sock } => Step::Done(os::shutdown_write(&sock).map(|()| 0), Out::None),

@@ -19,8 +19,8 @@
 //!
 //! Only `sys/` may use `unsafe`: `os.rs` (the raw `cachestat` call and `preadv2` into spare
 //! capacity, for the readiness backends), `uring.rs` (the io_uring backend's submission
-//! entries and the descriptors and bytes the kernel hands back) and `buf.rs` (marking a
-//! buffer's spare room as filled).
+//! entries and the descriptors and bytes the kernel hands back), `buf.rs` (marking a
+//! buffer's spare room as filled) and `datapath.rs` (a file's mapping, handed to `send`).
 
 use std::fmt;
 use std::os::fd::OwnedFd;
@@ -35,6 +35,7 @@ use crate::Error;
 pub mod blocking;
 pub mod buf;
 mod correlate;
+pub mod datapath;
 mod exec;
 mod helpers;
 pub(crate) mod os;

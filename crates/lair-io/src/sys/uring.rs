@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::buf::{BufMut, Gather, GATHER_MAX};
+use super::datapath::Via;
 use super::exec::{call_once, exec, Caps, Step};
 use super::helpers::{Helpers, Job};
 use super::os::{self, Wait};
@@ -187,6 +188,8 @@ pub struct UringBackend {
     cqes: Vec<(u64, i32, u32)>,
     ready: Vec<Completion>,
     counters: Counters,
+    /// Whether the log said that `--data splice|share` is staged here.
+    said_via: bool,
 }
 
 /// Whether io_uring can be used here, and if not, why (for the fallback message).
@@ -256,6 +259,7 @@ impl Backend for UringBackend {
             cqes: Vec::with_capacity(256),
             ready: Vec::new(),
             counters: Counters::new("uring"),
+            said_via: false,
         };
         b.arm_wake();
         Ok(b)
@@ -489,7 +493,19 @@ impl UringBackend {
                 file,
                 offset,
                 len,
+                via,
             } => {
+                if !matches!(via, Via::Sendfile) && !self.said_via {
+                    self.said_via = true;
+                    tracing::warn!(
+                        "uring: --data {} is not wired to io_uring yet; bodies are staged \
+                         through a buffer as for sendfile",
+                        match via {
+                            Via::Splice(_) => "splice",
+                            _ => "share",
+                        }
+                    );
+                }
                 let stage = self.stage_buffer();
                 let flight = Flight {
                     token,

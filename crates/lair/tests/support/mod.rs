@@ -33,9 +33,15 @@ pub const MODES: &[&[&str]] = &[
     &["--ecem", "dns"],
     &["--data", "copy"],
     &["--data", "copy", "--ecem", "ded"],
+    &["--data", "splice"],
+    &["--data", "splice", "--ecem", "dns"],
+    &["--data", "share"],
+    &["--data", "share", "--ecem", "dns"],
     &["--model", "threads"],
     &["--model", "threads", "--data", "copy"],
     &["--model", "threads", "--data", "copy", "--ecem", "ded"],
+    &["--model", "threads", "--data", "splice"],
+    &["--model", "threads", "--data", "share"],
 ];
 
 /// The matrix runs this suite under the thread-per-connection model (`LAIR_TEST_MODE`), where
@@ -423,6 +429,69 @@ impl Site {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
+}
+
+/// The user `lair` runs as in tests that must not be root (`setpriv`): `nobody`.
+pub const AS_NOBODY: [&str; 4] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
+impl Site {
+    /// Let another user (`nobody`) reach the site's files.
+    pub fn open_to_all(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for p in [self.dir.path(), self.root.as_path()] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    /// A content manifest of the site (`lair lab manifest`), for `lair load --manifest`.
+    pub fn manifest(&self) -> PathBuf {
+        let path = self.dir.path().join("manifest.tsv");
+        let out = Command::new(env!("CARGO_BIN_EXE_lair"))
+            .args(["lab", "manifest"])
+            .arg(&self.root)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        std::fs::write(&path, &out.stdout).unwrap();
+        path
+    }
+}
+
+/// Run `lair load` against `url` with `args`, checking every body against `manifest`; panics
+/// (saying `what`) unless every one of `requests` requests succeeded. Returns its JSON report.
+pub fn load_checked(
+    what: &str,
+    url: &str,
+    args: &[&str],
+    manifest: &Path,
+    requests: u64,
+) -> serde_json::Value {
+    let load = Command::new(env!("CARGO_BIN_EXE_lair"))
+        .args(["load", url])
+        .args(args)
+        .args(["--json", "-q", "--manifest"])
+        .arg(manifest)
+        .output()
+        .unwrap();
+    assert!(
+        load.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&load.stdout).unwrap();
+    assert_eq!(report["requests"], requests, "{what}: {report}");
+    for (kind, n) in report["errors"].as_object().unwrap() {
+        assert_eq!(
+            n, 0,
+            "{what}: {kind} errors (bodies checked by the manifest): {report}"
+        );
+    }
+    report
 }
 
 /// Deterministic, position-dependent bytes (a wrong offset shows up as a mismatch).
