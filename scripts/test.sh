@@ -28,11 +28,14 @@ combos=(
   "--data splice --ecem dns"
   "--data share"
   "--data share --ecem dns"
+  "--data emulated"
+  "--data emulated --ecem ded"
   "--model threads"
   "--model threads --data copy"
   "--model threads --data copy --ecem ded"
   "--model threads --data splice"
   "--model threads --data share"
+  "--model threads --data emulated"
 )
 # The end-to-end suites that start servers through tests/support (the lab's tests start
 # theirs from experiment files, which set their own modes).

@@ -101,16 +101,27 @@ pub enum DataMode {
     Splice,
     /// `send` from a shared mapping of the file (`mmap`), one per cached file.
     Share,
+    /// Read like `copy`, then send without copying (`MSG_ZEROCOPY`; seed 004's emulated
+    /// copy): the chunk becomes immutable shared bytes the engine holds until the kernel's
+    /// notification.
+    Emulated,
 }
 
 impl DataMode {
     /// Every mode, in the order experiments list them.
-    pub const ALL: [DataMode; 4] = [
+    pub const ALL: [DataMode; 5] = [
         DataMode::Copy,
         DataMode::Share,
         DataMode::Sendfile,
         DataMode::Splice,
+        DataMode::Emulated,
     ];
+
+    /// Whether bodies pass through the connection's buffer (read, then sent from it): what
+    /// deferred event delivery holds the reads of.
+    pub const fn reads_into_buffer(self) -> bool {
+        matches!(self, DataMode::Copy | DataMode::Emulated)
+    }
 
     /// The name on the command line.
     pub const fn name(self) -> &'static str {
@@ -119,6 +130,7 @@ impl DataMode {
             DataMode::Copy => "copy",
             DataMode::Splice => "splice",
             DataMode::Share => "share",
+            DataMode::Emulated => "emulated",
         }
     }
 }
@@ -208,7 +220,9 @@ lair_conf::settings! {
         /// 64 KiB at a time into the connection's buffer, then send it: Apache's default,
         /// `EnableSendfile Off`, and what deferred event delivery works on); `splice` (file →
         /// pipe → socket, pipes from a per-worker pool); `share` (`send` from a shared
-        /// mapping of the file). `uring` stages `splice` and `share` as it stages sendfile.
+        /// mapping of the file); `emulated` (read like `copy`, send with `MSG_ZEROCOPY`, the
+        /// chunk held until the kernel is done with it). `uring` stages `splice` and `share`
+        /// as it stages sendfile, and copies `emulated` sends.
         data: DataMode = "sendfile" as Name;
         /// Most bytes one sendfile call sends before the connection waits its turn again
         /// (fairness between large downloads, like nginx's `sendfile_max_chunk`); the one
@@ -294,10 +308,10 @@ impl ServerConfig {
                 crate::request::MAX_FIELDS
             ));
         }
-        if self.ecem.ded && self.data != DataMode::Copy {
+        if self.ecem.ded && !self.data.reads_into_buffer() {
             return Err(
                 "ecem: `ded` holds the disk reads of bodies sent through the connection's \
-                 buffer: it needs --data copy (sendfile bodies are paced by `dns`)"
+                 buffer: it needs --data copy or emulated (sendfile bodies are paced by `dns`)"
                     .into(),
             );
         }

@@ -157,6 +157,8 @@ struct Req {
     /// The file's mapping (`--data share`), and the file's length it covers.
     map: Option<Arc<Mapping>>,
     file_len: u64,
+    /// The chunk being sent zero-copy (`--data emulated`), frozen into shared bytes.
+    zc_chunk: Option<Bytes>,
     /// A body sent from the cache: shared, immutable bytes that follow the head in the same
     /// gather send (no copy into the send buffer).
     shared_body: Option<Bytes>,
@@ -635,7 +637,7 @@ impl Conn {
             self.req.whole_file = first == 0 && count == len;
             self.req.entry = Some(Arc::clone(e));
             self.read_body()
-        } else if cx.cfg.data == DataMode::Copy {
+        } else if cx.cfg.data.reads_into_buffer() {
             self.copy_chunk(cx)
         } else {
             if cx.cfg.data == DataMode::Share {
@@ -751,22 +753,40 @@ impl Conn {
     fn send_buf(&mut self, cx: &Cx<'_>, phase: Phase) -> Next {
         self.phase = phase;
         self.deadline = Some(cx.now + cx.cfg.send_timeout);
-        let mut bufs = Gather::one(std::mem::take(&mut self.wbuf));
-        if let Some(body) = self.req.shared_body.take() {
-            // A two-part list never overflows the gather capacity.
-            let _ = bufs.push(body);
-        }
+        let zerocopy = phase == Phase::CopySending && cx.cfg.data == DataMode::Emulated;
+        let bufs = if zerocopy {
+            // The chunk (behind the head, for the first) becomes immutable shared bytes, which
+            // the engine may hold until the kernel has sent them: the next chunk is read into
+            // a new buffer, and nothing can write into these meanwhile.
+            let chunk = match self.req.zc_chunk.take() {
+                Some(c) => c,
+                None => Bytes::from(std::mem::take(&mut self.wbuf)),
+            };
+            Gather::one(chunk)
+        } else {
+            let mut bufs = Gather::one(std::mem::take(&mut self.wbuf));
+            if let Some(body) = self.req.shared_body.take() {
+                // A two-part list never overflows the gather capacity.
+                let _ = bufs.push(body);
+            }
+            bufs
+        };
         Next::Submit(Op::Send {
             sock: Arc::clone(&self.sock),
             bufs,
             from: self.req.wsent,
             more: phase == Phase::SendingHead,
+            zerocopy,
         })
     }
 
     fn on_sent(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
         if let Out::Gather(mut g) = c.out {
-            self.wbuf = g.take(0).into_vec().unwrap_or_default();
+            match g.take(0) {
+                // A chunk sent zero-copy (`--data emulated`).
+                Buf::Shared(chunk) => self.req.zc_chunk = Some(chunk),
+                first => self.wbuf = first.into_vec().unwrap_or_default(),
+            }
             if let Buf::Shared(body) = g.take(1) {
                 self.req.shared_body = Some(body);
             }
@@ -775,13 +795,17 @@ impl Conn {
             return Next::Close;
         };
         self.req.wsent += n;
-        let total = self.wbuf.len() + self.req.shared_body.as_ref().map_or(0, Bytes::len);
+        let total = self.wbuf.len()
+            + self.req.shared_body.as_ref().map_or(0, Bytes::len)
+            + self.req.zc_chunk.as_ref().map_or(0, Bytes::len);
         if self.req.wsent < total {
             return self.send_buf(cx, self.phase);
         }
         match self.phase {
             Phase::SendingHead => self.send_file(cx),
             Phase::CopySending if self.req.body_left > 0 => {
+                // A zero-copy chunk is the engine's until the kernel is done: let it go.
+                self.req.zc_chunk = None;
                 self.wbuf.clear();
                 self.copy_chunk(cx)
             }
@@ -805,7 +829,7 @@ impl Conn {
                 map: self.req.map.clone(),
                 file_len: self.req.file_len,
             },
-            DataMode::Sendfile | DataMode::Copy => Via::Sendfile,
+            DataMode::Sendfile | DataMode::Copy | DataMode::Emulated => Via::Sendfile,
         };
         Next::Submit(Op::Sendfile {
             sock: Arc::clone(&self.sock),

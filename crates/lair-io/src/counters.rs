@@ -62,6 +62,8 @@ pub struct Counters {
     pub wakeups: u64,
     /// What event correlation did, when it was on (`--ecem`).
     pub ecem: Option<crate::ecem::EcemCounters>,
+    /// What zero-copy sends did, when any was asked for (`--data emulated`).
+    pub zerocopy: Option<crate::zerocopy::ZeroCopyCounters>,
     ops: [OpCounters; OpKind::ALL.len()],
 }
 
@@ -114,6 +116,11 @@ impl Counters {
         self.wakeups += other.wakeups;
         if let Some(theirs) = &other.ecem {
             self.ecem.get_or_insert_with(Default::default).merge(theirs);
+        }
+        if let Some(theirs) = &other.zerocopy {
+            self.zerocopy
+                .get_or_insert_with(Default::default)
+                .merge(theirs);
         }
         for (mine, theirs) in self.ops.iter_mut().zip(other.ops.iter()) {
             mine.merge(theirs);
@@ -173,17 +180,21 @@ impl Counters {
 
 impl Serialize for Counters {
     /// `{"backend":..,"wakeups":..,"ops":{"open":{...},...}}`, only the kinds that were used;
-    /// `"ecem":{...}` too when event correlation was on.
+    /// `"ecem":{...}` too when event correlation was on, `"zerocopy":{...}` when a zero-copy
+    /// send was asked for.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let ops: std::collections::BTreeMap<&str, &OpCounters> =
             self.used().map(|(k, v)| (k.name(), v)).collect();
-        let mut st = s.serialize_struct("Counters", 4)?;
+        let mut st = s.serialize_struct("Counters", 6)?;
         st.serialize_field("backend", self.backend)?;
         st.serialize_field("wakeups", &self.wakeups)?;
         st.serialize_field("ops", &ops)?;
         if let Some(e) = &self.ecem {
             st.serialize_field("ecem", e)?;
+        }
+        if let Some(z) = &self.zerocopy {
+            st.serialize_field("zerocopy", z)?;
         }
         st.end()
     }

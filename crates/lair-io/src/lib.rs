@@ -44,6 +44,8 @@ pub use sys::datapath;
 pub use sys::datapath::{DataPathCounts, Mapping, Pipe, Via};
 pub use sys::watch;
 pub use sys::watch::{Watch, Watcher};
+pub use sys::zerocopy;
+pub use sys::zerocopy::ZeroCopyCounters;
 pub use sys::{
     run_blocking, setup, with_backend, Backend, BackendKind, EngineConfig, Waker, WithBackend,
 };

@@ -91,6 +91,11 @@ pub enum Op {
         from: usize,
         /// More data follows at once (`MSG_MORE`): the kernel coalesces it with the next send.
         more: bool,
+        /// Send without copying (`MSG_ZEROCOPY`, `--data emulated`): honoured when every part
+        /// is shared bytes ([`crate::Buf::Shared`]), which the engine keeps until the kernel
+        /// says it is done with them (see [`crate::zerocopy`]); otherwise an ordinary send.
+        /// Readiness backends and the thread model; `uring` copies (it says so once).
+        zerocopy: bool,
     },
     /// Send `len` bytes of `file` from `offset` to `sock` in the kernel (`sendfile`); the result
     /// may be short, and `Ok(0)` means the file ended before `offset`. `len` is the caller's

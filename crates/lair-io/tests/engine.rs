@@ -226,6 +226,7 @@ impl WithBackend for Sockets {
                 bufs: Gather::one(b"xpong".to_vec()),
                 from: 1,
                 more: false,
+                zerocopy: false,
             },
         );
         assert_eq!(c.result.unwrap(), 4);
@@ -349,6 +350,7 @@ impl WithBackend for Connects {
                 bufs: Gather::one(b"hi".to_vec()),
                 from: 0,
                 more: false,
+                zerocopy: false,
             },
         );
         assert_eq!(c.result.unwrap(), 2);
@@ -466,6 +468,7 @@ impl WithBackend for Buffers {
                 bufs,
                 from: 2,
                 more: false,
+                zerocopy: false,
             },
         );
         assert_eq!(

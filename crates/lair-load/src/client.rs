@@ -479,6 +479,7 @@ impl<B: Backend> Loop<'_, B> {
             bufs: Gather::one(std::mem::take(&mut c.wbuf)),
             from: c.wsent,
             more: false,
+            zerocopy: false,
         };
         self.submit(idx, op);
     }

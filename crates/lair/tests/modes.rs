@@ -137,7 +137,7 @@ fn dns_sends_the_room_it_measured_to_slow_readers() {
 }
 
 /// A client that goes away in the middle of a large body frees what its download held: the
-/// engine's pair and, under `--model threads`, its thread — with three threads, three clients
+/// engine's pair, its zero-copy sends and, under `--model threads`, its thread — with three threads, three clients
 /// vanish and a fourth is still served — and the server goes on serving.
 #[test]
 fn a_client_that_vanishes_mid_download_frees_its_pair_and_thread() {
@@ -169,6 +169,12 @@ fn a_client_that_vanishes_mid_download_frees_its_pair_and_thread() {
                     e["pairs_added"], e["pairs_removed"],
                     "{what}: a pair outlived its connection: {e}"
                 );
+            }
+            // Zero-copy sends of a vanished client are notified as its send queue is purged:
+            // none is left for the linger to abandon.
+            if let Some(z) = engine.get("zerocopy") {
+                assert_eq!(z["completed"], z["sends"], "{what}: {z}");
+                assert_eq!(z["abandoned"], 0, "{what}: {z}");
             }
         }
     }

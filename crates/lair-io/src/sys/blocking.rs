@@ -26,10 +26,11 @@ use std::time::Instant;
 
 use super::exec::{exec, Caps, Step};
 use super::os::{self, Wait};
+use super::zerocopy::ZeroCopy;
 use super::Waker;
 use crate::counters::Counters;
 use crate::ecem::{EcemMode, PairTable};
-use crate::op::{Completion, Interest, Op, Token};
+use crate::op::{Completion, Interest, Op, Out, Token};
 
 /// Runs operations to their end on the calling thread.
 pub struct Blocking {
@@ -45,6 +46,9 @@ pub struct Blocking {
     /// Kept whatever the mode, so the baseline's counters say how often it read while the
     /// socket had no room (one `ioctl` per chunk read for a socket).
     pairs: PairTable,
+    /// Zero-copy sends waiting for their notifications (`--data emulated`): read after each
+    /// send, waited for before a close.
+    zc: ZeroCopy,
 }
 
 /// How a wait for a socket ended.
@@ -75,6 +79,7 @@ impl Blocking {
             ded: ecem.ded,
             lowat: u64::from(notsent_lowat),
             pairs: PairTable::new(),
+            zc: ZeroCopy::default(),
         }
     }
 
@@ -89,6 +94,7 @@ impl Blocking {
     pub fn counters(&self) -> Counters {
         let mut c = self.counters.clone();
         c.ecem = Some(self.pairs.counters);
+        c.zerocopy = self.zc.counters();
         c
     }
 
@@ -105,7 +111,15 @@ impl Blocking {
         self.counters.op_mut(kind).submitted += 1;
         if let Op::Close { fd } = &op {
             self.pairs.remove_net(super::correlate::key(fd));
+            // The kernel may still read bytes of this socket's zero-copy sends: wait for its
+            // word (or reset the connection after `LINGER`) before they can go.
+            self.zc.close_after_notifications(fd);
         }
+        let zc = self.zc.prepare(&mut op);
+        let zc_sock = match &op {
+            Op::Send { sock, .. } if zc => Some(Arc::clone(sock)),
+            _ => None,
+        };
         let mut pair = None;
         if let Op::Read {
             file,
@@ -148,6 +162,12 @@ impl Blocking {
         loop {
             match exec(op, Wait::Block, &mut self.caps) {
                 Step::Done(result, out) => {
+                    if let (Some(sock), Ok(n), Out::Gather(bufs)) = (&zc_sock, &result, &out) {
+                        if *n > 0 {
+                            self.zc.sent(sock, bufs, *n);
+                        }
+                        self.zc.drain(sock);
+                    }
                     // A chunk read: the pair's disk side is done.
                     if let (Some(p), true) = (pair, result.is_ok()) {
                         self.pairs.update(p, Some(true), None);

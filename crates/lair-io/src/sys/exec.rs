@@ -137,13 +137,15 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
             bufs,
             from,
             more,
-        } => match os::send(&sock, &bufs, from, more) {
+            zerocopy,
+        } => match os::send(&sock, &bufs, from, more, zerocopy) {
             Ok(n) => Step::Done(Ok(n), Out::Gather(bufs)),
             Err(e) if would_block(&e) => Step::WouldBlock(Op::Send {
                 sock,
                 bufs,
                 from,
                 more,
+                zerocopy,
             }),
             Err(e) => Step::Done(Err(e), Out::Gather(bufs)),
         },

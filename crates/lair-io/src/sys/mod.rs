@@ -42,6 +42,7 @@ pub(crate) mod os;
 mod reactor;
 pub mod setup;
 pub mod watch;
+pub mod zerocopy;
 
 pub mod eager;
 pub mod hybrid;

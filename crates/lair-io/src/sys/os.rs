@@ -143,14 +143,24 @@ pub(crate) fn file_stat(
 /// `bytes` sent bytes wait unsent in the socket; accepted sockets inherit it from a listener.
 /// rustix has no wrapper for it.
 pub(crate) fn set_notsent_lowat(fd: &OwnedFd, bytes: u32) -> io::Result<()> {
-    let v: libc::c_int = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, v)
+}
+
+/// `setsockopt(level, name, &v)` for an `int` option rustix has no wrapper for.
+pub(crate) fn set_int_option(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `fd` is an open socket for the call's duration; the option value is a live
     // `c_int` whose size is passed with it.
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
+            level,
+            name,
             (&v as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -255,13 +265,23 @@ pub(crate) fn recv(sock: &OwnedFd, buf: &mut BufMut, max: usize) -> io::Result<u
     Ok(n)
 }
 
-/// `send(MSG_NOSIGNAL [| MSG_MORE])` of the stream of `bufs` from offset `from` — `sendmsg`
+/// `send(MSG_NOSIGNAL [| MSG_MORE] [| MSG_ZEROCOPY])` of the stream of `bufs` from offset `from` — `sendmsg`
 /// with one `iovec` per part when there are several: a vanished peer is `EPIPE`, never a
 /// signal.
-pub(crate) fn send(sock: &OwnedFd, bufs: &Gather, from: usize, more: bool) -> io::Result<usize> {
+pub(crate) fn send(
+    sock: &OwnedFd,
+    bufs: &Gather,
+    from: usize,
+    more: bool,
+    zerocopy: bool,
+) -> io::Result<usize> {
     let mut flags = SendFlags::NOSIGNAL;
     if more {
         flags |= SendFlags::MORE;
+    }
+    if zerocopy {
+        // Only for sends `zerocopy::ZeroCopy::prepare` approved (shared bytes, SO_ZEROCOPY set).
+        flags |= SendFlags::from_bits_retain(libc::MSG_ZEROCOPY as u32);
     }
     let mut slices = [io::IoSlice::new(&[]); GATHER_MAX];
     let mut n = 0;
@@ -585,7 +605,7 @@ pub(crate) fn cached_pages(file: &OwnedFd, offset: u64, len: u64) -> io::Result<
 
 // ---- epoll and eventfd ---------------------------------------------------------------------
 
-fn timespec(d: Duration) -> rustix::time::Timespec {
+pub(crate) fn timespec(d: Duration) -> rustix::time::Timespec {
     rustix::time::Timespec {
         tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         tv_nsec: i64::from(d.subsec_nanos()),
@@ -629,6 +649,17 @@ pub(crate) struct Ready {
     /// The peer shut its side or the socket failed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`): an
     /// end of stream or an error waits behind any data, and no further edge will announce it.
     pub closing: bool,
+    /// `EPOLLERR`: the socket failed, or (on a socket with zero-copy sends) its error queue
+    /// holds notifications.
+    pub err: bool,
+    /// `EPOLLERR` without a hang-up: a failed TCP connection also hangs up, so on a socket
+    /// with zero-copy sends this is the error queue alone. `readable`, `writable` and
+    /// `closing` count the error; `raw_in`/`raw_out` are the plain directions.
+    pub err_only: bool,
+    /// `EPOLLIN | EPOLLRDHUP` alone.
+    pub raw_in: bool,
+    /// `EPOLLOUT` alone.
+    pub raw_out: bool,
 }
 
 /// `epoll_wait` into `events` (cleared first); `None` waits forever. `EINTR` is an empty wait.
@@ -650,11 +681,17 @@ pub(crate) fn epoll_wait(
     out.extend(raw.iter().map(|ev| {
         let f = ev.flags;
         let bad = f.intersects(F::ERR | F::HUP);
+        let raw_in = f.intersects(F::IN | F::RDHUP);
+        let raw_out = f.contains(F::OUT);
         Ready {
             key: ev.data.u64(),
-            readable: bad || f.intersects(F::IN | F::RDHUP),
-            writable: bad || f.contains(F::OUT),
+            readable: bad || raw_in,
+            writable: bad || raw_out,
             closing: bad || f.contains(F::RDHUP),
+            err: f.contains(F::ERR),
+            err_only: f.contains(F::ERR) && !f.intersects(F::HUP | F::RDHUP),
+            raw_in,
+            raw_out,
         }
     }));
     Ok(())

@@ -30,6 +30,7 @@ use super::correlate::Correlator;
 use super::exec::{call_once, exec, Caps, Step};
 use super::helpers::{Finished, Helpers, Job, JobMeta};
 use super::os::{self, Ready, Wait};
+use super::zerocopy::ZeroCopy;
 use super::{Backend, EngineConfig, Waker};
 use crate::counters::Counters;
 use crate::op::{Attempt, Call, Completion, Interest, Op, OpKind, OpSet, Out, Submit, Token};
@@ -97,6 +98,8 @@ pub struct Readiness<P: Policy> {
     counters: Counters,
     /// Event correlation (`--ecem`; its pair table and counters are kept in every mode).
     ecem: Correlator,
+    /// Zero-copy sends waiting for their notifications (`--data emulated`).
+    zc: ZeroCopy,
 }
 
 /// A socket's slot key: its descriptor number (the slot's index) and its `Arc`'s address
@@ -132,6 +135,7 @@ impl<P: Policy> Backend for Readiness<P> {
             finished: Vec::new(),
             counters: Counters::new(P::NAME),
             ecem: Correlator::new(config),
+            zc: ZeroCopy::default(),
         })
     }
 
@@ -170,6 +174,18 @@ impl<P: Policy> Backend for Readiness<P> {
                 continue;
             }
             let fd = usize::try_from(ev.key).unwrap_or(usize::MAX);
+            let mut ev = ev;
+            if ev.err && self.zc.has(fd) {
+                // Zero-copy notifications (also those a reset connection's purged send queue
+                // leaves): release what they cover. Without a hang-up they are all the error
+                // there is: take the event for its plain directions only.
+                self.zc.drain_fd(fd);
+                if ev.err_only {
+                    ev.readable = ev.raw_in;
+                    ev.writable = ev.raw_out;
+                    ev.closing = false;
+                }
+            }
             if let Some(slot) = self.slots.get_mut(fd) {
                 slot.readable |= ev.readable;
                 slot.writable |= ev.writable;
@@ -187,6 +203,7 @@ impl<P: Policy> Backend for Readiness<P> {
             }
         }
         done.append(&mut self.cancelled);
+        self.zc.sweep(Instant::now());
         Ok(())
     }
 
@@ -197,6 +214,7 @@ impl<P: Policy> Backend for Readiness<P> {
     fn counters(&self) -> Counters {
         let mut c = self.counters.clone();
         c.ecem = Some(self.ecem.counters());
+        c.zerocopy = self.zc.counters();
         c
     }
 
@@ -230,6 +248,7 @@ impl<P: Policy> Readiness<P> {
         if let Op::Close { fd } = &op {
             self.cancel(fd);
             self.ecem.closed(fd);
+            self.zc.closed(fd);
         }
         if let Op::Recv {
             sock,
@@ -393,7 +412,11 @@ impl<P: Policy> Readiness<P> {
             Ok(plan) => plan,
             Err(()) => return Step::WouldBlock(op),
         };
-        let mut step = if self.laio_ops.contains(op.kind()) {
+        let mut step = if self.zc.prepare(&mut op) {
+            // A zero-copy send runs here, never on a helper: its bytes are held in this
+            // loop's table until the kernel's notification.
+            self.send_zerocopy(op)
+        } else if self.laio_ops.contains(op.kind()) {
             self.policy.start(op, ready)
         } else {
             exec(op, Wait::Block, &mut self.direct)
@@ -411,6 +434,21 @@ impl<P: Policy> Readiness<P> {
                         Interest::Write => slot.writable = false,
                     }
                 }
+            }
+        }
+        step
+    }
+
+    /// Run a zero-copy send (approved by [`ZeroCopy::prepare`]) and hold its bytes.
+    fn send_zerocopy(&mut self, op: Op) -> Step {
+        let sock = match &op {
+            Op::Send { sock, .. } => Arc::clone(sock),
+            _ => return exec(op, Wait::NoWait, &mut self.direct),
+        };
+        let step = exec(op, Wait::NoWait, &mut self.direct);
+        if let Step::Done(Ok(n), Out::Gather(bufs)) = &step {
+            if *n > 0 {
+                self.zc.sent(&sock, bufs, *n);
             }
         }
         step

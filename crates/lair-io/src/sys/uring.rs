@@ -190,6 +190,8 @@ pub struct UringBackend {
     counters: Counters,
     /// Whether the log said that `--data splice|share` is staged here.
     said_via: bool,
+    /// Whether the log said that zero-copy sends copy here.
+    said_zc: bool,
 }
 
 /// Whether io_uring can be used here, and if not, why (for the fallback message).
@@ -260,6 +262,7 @@ impl Backend for UringBackend {
             ready: Vec::new(),
             counters: Counters::new("uring"),
             said_via: false,
+            said_zc: false,
         };
         b.arm_wake();
         Ok(b)
@@ -481,13 +484,23 @@ impl UringBackend {
                 bufs,
                 from,
                 more,
-            } => State::Send {
-                sock,
-                from: from.min(bufs.len()),
-                msg: (bufs.parts().len() > 1).then(|| Vectors::new(&bufs, from)),
-                bufs,
-                more,
-            },
+                zerocopy,
+            } => {
+                if zerocopy && !self.said_zc {
+                    self.said_zc = true;
+                    tracing::warn!(
+                        "uring: zero-copy sends (--data emulated) are not wired to \
+                         IORING_OP_SEND_ZC yet; they copy"
+                    );
+                }
+                State::Send {
+                    sock,
+                    from: from.min(bufs.len()),
+                    msg: (bufs.parts().len() > 1).then(|| Vectors::new(&bufs, from)),
+                    bufs,
+                    more,
+                }
+            }
             Op::Sendfile {
                 sock,
                 file,

@@ -37,11 +37,14 @@ pub const MODES: &[&[&str]] = &[
     &["--data", "splice", "--ecem", "dns"],
     &["--data", "share"],
     &["--data", "share", "--ecem", "dns"],
+    &["--data", "emulated"],
+    &["--data", "emulated", "--ecem", "ded"],
     &["--model", "threads"],
     &["--model", "threads", "--data", "copy"],
     &["--model", "threads", "--data", "copy", "--ecem", "ded"],
     &["--model", "threads", "--data", "splice"],
     &["--model", "threads", "--data", "share"],
+    &["--model", "threads", "--data", "emulated"],
 ];
 
 /// The matrix runs this suite under the thread-per-connection model (`LAIR_TEST_MODE`), where
