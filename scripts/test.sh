@@ -28,6 +28,7 @@ combos=(
   "--data splice --ecem dns"
   "--data share"
   "--data share --ecem dns"
+  "--data move"
   "--data emulated"
   "--data emulated --ecem ded"
   "--model threads"
@@ -35,6 +36,7 @@ combos=(
   "--model threads --data copy --ecem ded"
   "--model threads --data splice"
   "--model threads --data share"
+  "--model threads --data move"
   "--model threads --data emulated"
 )
 # The end-to-end suites that start servers through tests/support (the lab's tests start

@@ -101,6 +101,9 @@ pub enum DataMode {
     Splice,
     /// `send` from a shared mapping of the file (`mmap`), one per cached file.
     Share,
+    /// Read into fresh pages, give them to a pipe and unmap them, splice the pipe to the
+    /// socket (seed 004's move).
+    Move,
     /// Read like `copy`, then send without copying (`MSG_ZEROCOPY`; seed 004's emulated
     /// copy): the chunk becomes immutable shared bytes the engine holds until the kernel's
     /// notification.
@@ -109,11 +112,12 @@ pub enum DataMode {
 
 impl DataMode {
     /// Every mode, in the order experiments list them.
-    pub const ALL: [DataMode; 5] = [
+    pub const ALL: [DataMode; 6] = [
         DataMode::Copy,
         DataMode::Share,
         DataMode::Sendfile,
         DataMode::Splice,
+        DataMode::Move,
         DataMode::Emulated,
     ];
 
@@ -130,6 +134,7 @@ impl DataMode {
             DataMode::Copy => "copy",
             DataMode::Splice => "splice",
             DataMode::Share => "share",
+            DataMode::Move => "move",
             DataMode::Emulated => "emulated",
         }
     }
@@ -220,9 +225,10 @@ lair_conf::settings! {
         /// 64 KiB at a time into the connection's buffer, then send it: Apache's default,
         /// `EnableSendfile Off`, and what deferred event delivery works on); `splice` (file →
         /// pipe → socket, pipes from a per-worker pool); `share` (`send` from a shared
-        /// mapping of the file); `emulated` (read like `copy`, send with `MSG_ZEROCOPY`, the
-        /// chunk held until the kernel is done with it). `uring` stages `splice` and `share`
-        /// as it stages sendfile, and copies `emulated` sends.
+        /// mapping of the file); `move` (read into fresh pages, gift them to a pipe and unmap
+        /// them, splice); `emulated` (read like `copy`, send with `MSG_ZEROCOPY`, the chunk
+        /// held until the kernel is done with it). `uring` stages `splice`, `share` and
+        /// `move` as it stages sendfile, and copies `emulated` sends.
         data: DataMode = "sendfile" as Name;
         /// Most bytes one sendfile call sends before the connection waits its turn again
         /// (fairness between large downloads, like nginx's `sendfile_max_chunk`); the one

@@ -825,6 +825,7 @@ impl Conn {
         self.deadline = Some(cx.now + cx.cfg.send_timeout);
         let via = match cx.cfg.data {
             DataMode::Splice => Via::Splice(self.req.pipe.take().or_else(|| cx.bufs.take_pipe())),
+            DataMode::Move => Via::Move(self.req.pipe.take().or_else(|| cx.bufs.take_pipe())),
             DataMode::Share => Via::Mapped {
                 map: self.req.map.clone(),
                 file_len: self.req.file_len,
@@ -844,7 +845,7 @@ impl Conn {
 
     fn on_sendfile(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
         match c.out {
-            Out::Via(Via::Splice(Some(p))) => self.req.pipe = Some(p),
+            Out::Via(Via::Splice(Some(p)) | Via::Move(Some(p))) => self.req.pipe = Some(p),
             Out::Via(Via::Mapped { map: Some(m), .. }) => {
                 if let Some(e) = &self.req.entry {
                     let _ = e.map.set(Arc::clone(&m));

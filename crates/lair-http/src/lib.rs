@@ -196,7 +196,7 @@ pub(crate) struct ServerState {
 /// `worker_connections`). Found by the flaky-test hunt of issue 12: under
 /// `prlimit --nofile=256` on a loaded machine, 192 connections that all missed the cache at
 /// once opened 192 files, the opens failed with `EMFILE`, and 1,000 clients got 75 answers.
-/// Connections beyond the cap get 503. Under `--data splice` a connection sending a body may
+/// Connections beyond the cap get 503. Under `--data splice` or `move` a connection sending a body may
 /// also hold a pipe (two more descriptors), so the cap is a quarter.
 fn connection_cap(cfg: &ServerConfig, nofile: Option<u64>) -> usize {
     let want = cfg.max_connections.max(1);
@@ -204,7 +204,7 @@ fn connection_cap(cfg: &ServerConfig, nofile: Option<u64>) -> usize {
         return want;
     };
     let (per, what) = match cfg.data {
-        DataMode::Splice => (4, "a socket, a file and a pipe"),
+        DataMode::Splice | DataMode::Move => (4, "a socket, a file and a pipe"),
         _ => (2, "a socket and a file"),
     };
     let cap = (n.saturating_sub(64) / per).max(1);

@@ -193,11 +193,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let d = report.datapath;
     if d != lair_io::DataPathCounts::default() {
         crate::say!(
-            "data paths: {} pipes made, {} splices sent with sendfile instead; {} files mapped, {} mapped sends with sendfile instead",
+            "data paths: {} pipes made, {} splices sent with sendfile instead; {} files mapped, {} mapped sends with sendfile instead; {} pipefuls moved",
             d.pipes_made,
             d.splice_fallbacks,
             d.maps_made,
-            d.map_fallbacks
+            d.map_fallbacks,
+            d.moves
         );
     }
     if let Some(p) = stats_json {

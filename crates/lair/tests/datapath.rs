@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::{pattern, Opts, Site, AS_NOBODY};
 
 /// Every `--data` value.
-const DATA: [&str; 5] = ["sendfile", "copy", "splice", "share", "emulated"];
+const DATA: [&str; 6] = ["sendfile", "copy", "splice", "share", "move", "emulated"];
 
 fn stats(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -268,5 +268,43 @@ fn emulated_copy_holds_each_chunk_until_the_kernel_is_done_with_it() {
             n("held_max") > 1,
             "{model}: chunks were never in flight together: {z}"
         );
+    }
+}
+
+/// Slow readers under every data mode in both models: a body stays in flight — in a pipe, in
+/// gifted pages, in the send queue — long after the call that queued it, and every body
+/// arrives as the manifest has it.
+#[test]
+fn slow_readers_get_every_body_whole_under_every_data_mode() {
+    let site = Site::new();
+    for i in 0..3u8 {
+        let body: Vec<u8> = pattern(1 << 20).iter().map(|b| b ^ (i + 1)).collect();
+        std::fs::write(site.path(&format!("s{i}.bin")), body).unwrap();
+    }
+    let manifest = site.manifest();
+    let trace = site.dir.path().join("trace.txt");
+    std::fs::write(&trace, "/s0.bin\n/s1.bin\n/s2.bin\n/big.bin\n").unwrap();
+    for data in DATA {
+        for model in ["events", "threads"] {
+            let what = format!("{data} {model}");
+            let srv = Opts::new(&site.root, "lazy")
+                .args(["--model", model, "--data", data, "--ecem", "off"])
+                .start();
+            let args = [
+                "--trace",
+                trace.to_str().unwrap(),
+                "-c",
+                "8",
+                "-n",
+                "16",
+                "--recv-rate",
+                "8m",
+                "--recv-buffer",
+                "16k",
+                "--timeout",
+                "60s",
+            ];
+            support::load_checked(&what, &srv.url("/"), &args, &manifest, 16);
+        }
     }
 }

@@ -7,7 +7,12 @@
 //!   (nginx and HAProxy's splicing; the pipe holds what the socket could not take yet, so it
 //!   travels with the operation and comes back in the completion);
 //! - [`Via::Mapped`]: `send(2)` from a shared read-only mapping of the file ([`Mapping`],
-//!   seed 004's *share*: one copy, page cache → socket buffer, in the kernel).
+//!   seed 004's *share*: one copy, page cache → socket buffer, in the kernel);
+//! - [`Via::Move`]: seed 004's *move*: the bytes are read into fresh anonymous pages, which
+//!   are then given to a pipe (`vmsplice(SPLICE_F_GIFT)`) and unmapped — the process keeps no
+//!   way to touch them, so there is nothing to protect — and spliced to the socket, which
+//!   takes the pages themselves. One copy (page cache → the pages), and the price of move:
+//!   a mapping made, faulted in and torn down for every pipeful.
 //!
 //! Why here: each path is a few raw system calls, and what goes wrong with them is the
 //! kernel's business — a pipe the user's `pipe-user-pages-soft` clamps to one page, a file
@@ -46,6 +51,9 @@ pub enum Via {
     /// `splice(2)` through this pipe (`None`: the engine makes one, or falls back to
     /// `sendfile` if it cannot).
     Splice(Option<Pipe>),
+    /// Read into fresh pages, give them to this pipe and unmap them, then splice (`None`:
+    /// the engine makes a pipe, or falls back to `sendfile`).
+    Move(Option<Pipe>),
     /// `send(2)` from a shared mapping of the whole file (`None`: the engine maps
     /// `file_len` bytes of it, or falls back to `sendfile` if it cannot).
     Mapped {
@@ -68,12 +76,15 @@ pub struct DataPathCounts {
     pub maps_made: u64,
     /// Mapped sends run as `sendfile` instead (the file could not be mapped).
     pub map_fallbacks: u64,
+    /// Pipefuls moved (read into fresh pages, gifted, unmapped).
+    pub moves: u64,
 }
 
 static PIPES_MADE: AtomicU64 = AtomicU64::new(0);
 static SPLICE_FALLBACKS: AtomicU64 = AtomicU64::new(0);
 static MAPS_MADE: AtomicU64 = AtomicU64::new(0);
 static MAP_FALLBACKS: AtomicU64 = AtomicU64::new(0);
+static MOVES: AtomicU64 = AtomicU64::new(0);
 
 /// A snapshot of [`DataPathCounts`].
 pub fn counts() -> DataPathCounts {
@@ -82,6 +93,7 @@ pub fn counts() -> DataPathCounts {
         splice_fallbacks: SPLICE_FALLBACKS.load(Relaxed),
         maps_made: MAPS_MADE.load(Relaxed),
         map_fallbacks: MAP_FALLBACKS.load(Relaxed),
+        moves: MOVES.load(Relaxed),
     }
 }
 
@@ -176,18 +188,80 @@ fn splice_through(
         }
         pipe.held = n;
     }
-    let want = pipe.held.min(len);
+    pipe_to_socket(pipe, sock, len)
+}
+
+/// Splice what `pipe` holds (at most `len`) to `sock`; the rest stays in the pipe.
+fn pipe_to_socket(pipe: &mut Pipe, sock: &OwnedFd, len: usize) -> io::Result<usize> {
     let n = rpipe::splice(
         &pipe.r,
         None,
         sock,
         None,
-        want,
+        pipe.held.min(len),
         SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
     )
     .map_err(io_err)?;
     pipe.held -= n;
     Ok(n)
+}
+
+/// Like [`splice_through`], but a fresh pipeful is read into new anonymous pages, which are
+/// gifted to the pipe and unmapped before the pipe goes to the socket (seed 004's move).
+fn move_through(
+    sock: &OwnedFd,
+    file: &OwnedFd,
+    offset: u64,
+    len: usize,
+    pipe: &mut Pipe,
+) -> io::Result<usize> {
+    if pipe.held == 0 {
+        let n = gift_pages(file, offset, len.min(pipe.cap), pipe)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        pipe.held = n;
+        MOVES.fetch_add(1, Relaxed);
+    }
+    pipe_to_socket(pipe, sock, len)
+}
+
+/// Read up to `want` bytes of `file` at `offset` into fresh anonymous pages, give them to
+/// `pipe` (empty, with room for them) and unmap them. Returns the bytes now in the pipe.
+fn gift_pages(file: &OwnedFd, offset: u64, want: usize, pipe: &Pipe) -> io::Result<usize> {
+    let page = rustix::param::page_size();
+    let len = want.div_ceil(page).max(1) * page;
+    // SAFETY: a fresh private anonymous mapping at an address the kernel chooses: it replaces
+    // no memory, and nothing else refers to it.
+    let base = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::POPULATE,
+        )
+    }
+    .map_err(io_err)?;
+    let result = (|| {
+        // SAFETY: `base` is a live, writable mapping of `len >= want` bytes that only this
+        // function refers to, until it is unmapped below.
+        let region = unsafe { std::slice::from_raw_parts_mut(base.cast::<u8>(), want) };
+        let n = rustix::io::pread(file, &mut *region, offset).map_err(io_err)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let iov = [rpipe::IoSliceRaw::from_slice(&region[..n])];
+        // SAFETY: the pages go to the write end of the pipe, and are unmapped right after
+        // (never written again by this process), as `SPLICE_F_GIFT` requires; the region is
+        // page-aligned and whole pages but for the tail, which the kernel then pins instead
+        // of stealing (no copy either way).
+        let moved = unsafe { rpipe::vmsplice(&pipe.w, &iov, SpliceFlags::GIFT) }.map_err(io_err)?;
+        Ok(moved)
+    })();
+    // SAFETY: `base`/`len` are what `mmap_anonymous` returned; the pipe holds references to
+    // the pages it was given, which outlive the mapping.
+    let _ = unsafe { rustix::mm::munmap(base, len) };
+    result
 }
 
 /// A shared, read-only mapping of a file's first `len` bytes. Never read in user space (see
@@ -300,6 +374,13 @@ pub(crate) fn transfer(
                 (r, Via::Splice(Some(p)))
             }
             None => (os::sendfile(sock, file, offset, len), Via::Splice(None)),
+        },
+        Via::Move(pipe) => match pipe.or_else(|| Pipe::new(window)) {
+            Some(mut p) => {
+                let r = move_through(sock, file, offset, len, &mut p);
+                (r, Via::Move(Some(p)))
+            }
+            None => (os::sendfile(sock, file, offset, len), Via::Move(None)),
         },
         Via::Mapped { map, file_len } => {
             let map = map.or_else(|| Mapping::new(file, file_len).map(Arc::new));

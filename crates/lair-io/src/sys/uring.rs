@@ -515,6 +515,7 @@ impl UringBackend {
                          through a buffer as for sendfile",
                         match via {
                             Via::Splice(_) => "splice",
+                            Via::Move(_) => "move",
                             _ => "share",
                         }
                     );

@@ -37,6 +37,7 @@ pub const MODES: &[&[&str]] = &[
     &["--data", "splice", "--ecem", "dns"],
     &["--data", "share"],
     &["--data", "share", "--ecem", "dns"],
+    &["--data", "move"],
     &["--data", "emulated"],
     &["--data", "emulated", "--ecem", "ded"],
     &["--model", "threads"],
@@ -44,6 +45,7 @@ pub const MODES: &[&[&str]] = &[
     &["--model", "threads", "--data", "copy", "--ecem", "ded"],
     &["--model", "threads", "--data", "splice"],
     &["--model", "threads", "--data", "share"],
+    &["--model", "threads", "--data", "move"],
     &["--model", "threads", "--data", "emulated"],
 ];
 
