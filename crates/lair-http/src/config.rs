@@ -242,6 +242,10 @@ lair_conf::settings! {
         file_cache_ttl: Duration = "1s" as Time;
         /// Most files each worker keeps open in its cache.
         file_cache_entries: usize = "1024" as Count;
+        /// Most bytes of small-file bodies and their prebuilt response heads kept in memory,
+        /// over the whole server (split evenly between workers, or threads under `--model
+        /// threads`); past it the least recently used go first.
+        cache_bytes: usize = "64m" as Size;
         /// Join a port that another process already listens on (both with SO_REUSEPORT; the
         /// kernel spreads connections over them): for a rolling restart. Off, such a port is
         /// an error at start-up, as it is for nginx.

@@ -157,8 +157,9 @@ struct Req {
     /// The file's mapping (`--data share`), and the file's length it covers.
     map: Option<Arc<Mapping>>,
     file_len: u64,
-    /// The chunk being sent zero-copy (`--data emulated`), frozen into shared bytes.
-    zc_chunk: Option<Bytes>,
+    /// Shared bytes sent in place of the send buffer: a cached small file's prebuilt head, or
+    /// a chunk frozen for a zero-copy send (`--data emulated`).
+    lead: Option<Bytes>,
     /// A body sent from the cache: shared, immutable bytes that follow the head in the same
     /// gather send (no copy into the send buffer).
     shared_body: Option<Bytes>,
@@ -603,20 +604,34 @@ impl Conn {
         };
         let persist = self.persistence(cx);
         let date = cx.date.text();
-        let w = self.wbuf(cx);
-        response::start(w, status, date);
-        w.extend_from_slice(&e.content_type);
-        response::content_length(w, count);
-        response::field(w, "Last-Modified", last_modified.as_bytes());
-        response::field(w, "ETag", etag.as_str().as_bytes());
-        response::field(w, "Accept-Ranges", b"bytes");
-        if status == 206 {
-            let cr = format!("bytes {first}-{}/{len}", first + count - 1);
-            response::field(w, "Content-Range", cr.as_bytes());
-        }
-        response::finish(w, persist);
         self.req.status = status;
         self.req.wsent = 0;
+        let plain = !self.req.continue_pending;
+        if let (200, Persistence::KeepAlive11, Method::Get, Some(body), true) =
+            (status, persist, head.method, e.body.get(), plain)
+        {
+            // The plain answer of a cached small file (no `100 Continue` in front): its
+            // prebuilt head and its body, both shared, in one gather send (see `cache`).
+            self.req.lead = Some(cx.cache.head(e, cx.unix_now, date, |w| {
+                file_head(w, e, date, status, len, persist);
+            }));
+            self.req.shared_body = Some(body.clone());
+            self.req.body_len = count;
+            self.req.file = None;
+            // Nothing of the send buffer goes with it (an interim `100 Continue` sent alone
+            // before a chunked body may still be in it).
+            self.wbuf.clear();
+            return self.send_buf(cx, Phase::SendingBuf);
+        }
+        let w = self.wbuf(cx);
+        file_head(w, e, date, status, count, persist);
+        if status == 206 {
+            // `file_head` ended the head; the range goes before its empty line.
+            w.truncate(w.len() - 2);
+            let cr = format!("bytes {first}-{}/{len}", first + count - 1);
+            response::field(w, "Content-Range", cr.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
         if head.method == Method::Head || count == 0 {
             self.req.file = None;
             return self.send_buf(cx, Phase::SendingBuf);
@@ -737,7 +752,7 @@ impl Conn {
                 Some(false) => {
                     if let (Some(e), true) = (self.req.entry.take(), self.req.whole_file) {
                         let body = self.wbuf.get(self.req.head_len..).unwrap_or_default();
-                        let _ = e.body.set(Bytes::copy_from_slice(body));
+                        cx.cache.store_body(&self.req.key, &e, body);
                     }
                     self.req.file = None;
                     self.send_buf(cx, Phase::SendingBuf)
@@ -758,13 +773,16 @@ impl Conn {
             // The chunk (behind the head, for the first) becomes immutable shared bytes, which
             // the engine may hold until the kernel has sent them: the next chunk is read into
             // a new buffer, and nothing can write into these meanwhile.
-            let chunk = match self.req.zc_chunk.take() {
+            let chunk = match self.req.lead.take() {
                 Some(c) => c,
                 None => Bytes::from(std::mem::take(&mut self.wbuf)),
             };
             Gather::one(chunk)
         } else {
-            let mut bufs = Gather::one(std::mem::take(&mut self.wbuf));
+            let mut bufs = match self.req.lead.take() {
+                Some(head) => Gather::one(head),
+                None => Gather::one(std::mem::take(&mut self.wbuf)),
+            };
             if let Some(body) = self.req.shared_body.take() {
                 // A two-part list never overflows the gather capacity.
                 let _ = bufs.push(body);
@@ -783,8 +801,8 @@ impl Conn {
     fn on_sent(&mut self, cx: &mut Cx<'_>, c: Completion) -> Next {
         if let Out::Gather(mut g) = c.out {
             match g.take(0) {
-                // A chunk sent zero-copy (`--data emulated`).
-                Buf::Shared(chunk) => self.req.zc_chunk = Some(chunk),
+                // A prebuilt head, or a chunk sent zero-copy.
+                Buf::Shared(lead) => self.req.lead = Some(lead),
                 first => self.wbuf = first.into_vec().unwrap_or_default(),
             }
             if let Buf::Shared(body) = g.take(1) {
@@ -797,7 +815,7 @@ impl Conn {
         self.req.wsent += n;
         let total = self.wbuf.len()
             + self.req.shared_body.as_ref().map_or(0, Bytes::len)
-            + self.req.zc_chunk.as_ref().map_or(0, Bytes::len);
+            + self.req.lead.as_ref().map_or(0, Bytes::len);
         if self.req.wsent < total {
             return self.send_buf(cx, self.phase);
         }
@@ -805,7 +823,7 @@ impl Conn {
             Phase::SendingHead => self.send_file(cx),
             Phase::CopySending if self.req.body_left > 0 => {
                 // A zero-copy chunk is the engine's until the kernel is done: let it go.
-                self.req.zc_chunk = None;
+                self.req.lead = None;
                 self.wbuf.clear();
                 self.copy_chunk(cx)
             }
@@ -970,6 +988,17 @@ impl Conn {
         self.head_started = cx.now;
         self.next_request(cx)
     }
+}
+
+/// The head of a file's answer: status line, `Date`, type, length, validators, `Connection`.
+fn file_head(w: &mut Vec<u8>, e: &Entry, date: &str, status: u16, count: u64, p: Persistence) {
+    response::start(w, status, date);
+    w.extend_from_slice(&e.content_type);
+    response::content_length(w, count);
+    response::field(w, "Last-Modified", e.last_modified.as_bytes());
+    response::field(w, "ETag", e.etag.as_str().as_bytes());
+    response::field(w, "Accept-Ranges", b"bytes");
+    response::finish(w, p);
 }
 
 /// The status for a failed open.

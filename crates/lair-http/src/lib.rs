@@ -114,6 +114,10 @@ pub struct HttpStats {
     pub file_cache_misses: u64,
     /// Open-file cache entries dropped because their file changed.
     pub file_cache_changed: u64,
+    /// Bytes of small-file bodies and prebuilt heads the cache held at the end.
+    pub file_cache_bytes: u64,
+    /// Cache entries dropped to stay within `--cache-bytes`.
+    pub file_cache_evictions: u64,
 }
 
 impl HttpStats {
@@ -134,6 +138,8 @@ impl HttpStats {
         self.file_cache_hits += o.file_cache_hits;
         self.file_cache_misses += o.file_cache_misses;
         self.file_cache_changed += o.file_cache_changed;
+        self.file_cache_bytes += o.file_cache_bytes;
+        self.file_cache_evictions += o.file_cache_evictions;
     }
 }
 

@@ -61,7 +61,12 @@ impl MemConn {
             source,
         })?;
         Ok(MemConn {
-            cache: FileCache::new(cfg.file_cache_ttl, cfg.file_cache_entries, None),
+            cache: FileCache::new(
+                cfg.file_cache_ttl,
+                cfg.file_cache_entries,
+                cfg.cache_bytes as u64,
+                None,
+            ),
             cfg,
             root: Arc::new(root),
             bufs: BufPool::default(),

@@ -216,6 +216,7 @@ impl Local {
             cache: FileCache::new(
                 cfg.file_cache_ttl,
                 cfg.file_cache_entries.min(CACHE_PER_THREAD),
+                (cfg.cache_bytes / cfg.threads.max(1)) as u64,
                 shared.watcher.clone(),
             ),
             bufs: BufPool::default(),
@@ -344,9 +345,12 @@ impl Local {
         self.stats.file_cache_hits += self.cache.hits;
         self.stats.file_cache_misses += self.cache.misses;
         self.stats.file_cache_changed += self.cache.changed;
+        self.stats.file_cache_evictions += self.cache.evictions;
+        self.stats.file_cache_bytes = self.cache.bytes;
         self.cache.hits = 0;
         self.cache.misses = 0;
         self.cache.changed = 0;
+        self.cache.evictions = 0;
     }
 }
 

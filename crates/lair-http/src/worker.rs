@@ -147,6 +147,7 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
             cache: FileCache::new(
                 shared.cfg.file_cache_ttl,
                 shared.cfg.file_cache_entries,
+                (shared.cfg.cache_bytes / shared.cfg.workers.max(1)) as u64,
                 shared.watcher.clone(),
             ),
             bufs: BufPool::default(),
@@ -213,6 +214,8 @@ impl<B: Backend, S: Scheduler> Worker<B, S> {
         self.stats.file_cache_hits = self.cache.hits;
         self.stats.file_cache_misses = self.cache.misses;
         self.stats.file_cache_changed = self.cache.changed;
+        self.stats.file_cache_bytes = self.cache.bytes;
+        self.stats.file_cache_evictions = self.cache.evictions;
         let mut engine = self.engine.counters();
         engine.backend = B::NAME;
         Ok(WorkerReport {

@@ -181,10 +181,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let w = report.file_watch.unwrap_or_default();
     crate::say!(
-        "file cache: {} hits, {} misses, {} changed; hot files watched: {} added, {} attached, {} changed, {} refused",
+        "file cache: {} hits, {} misses, {} changed, {} bytes held, {} evicted; hot files watched: {} added, {} attached, {} changed, {} refused",
         h.file_cache_hits,
         h.file_cache_misses,
         h.file_cache_changed,
+        h.file_cache_bytes,
+        h.file_cache_evictions,
         w.added,
         w.attached,
         w.changed,
