@@ -307,8 +307,8 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Make the namespace and the link; `rate` is tc syntax (`8mbit`).
-    pub fn new(undo: &mut Undo, rate: &str) -> anyhow::Result<Netns> {
+    /// Make the namespace and the link; `rate` is tc syntax (`8mbit`), `None` unshaped.
+    pub fn new(undo: &mut Undo, rate: Option<&str>) -> anyhow::Result<Netns> {
         for tool in ["ip", "tc"] {
             if sh("which", &[tool]).is_err() {
                 bail!("{tool} is missing: apt-get install iproute2");
@@ -362,13 +362,15 @@ impl Netns {
         // TIME_WAIT reuse for the clients' many short connections (a namespaced sysctl:
         // gone with the namespace).
         let _ = ns(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
-        sh(
-            "tc",
-            &[
-                "qdisc", "add", "dev", &srv, "root", "tbf", "rate", rate, "burst", "32kb",
-                "latency", "400ms",
-            ],
-        )?;
+        if let Some(rate) = rate {
+            sh(
+                "tc",
+                &[
+                    "qdisc", "add", "dev", &srv, "root", "tbf", "rate", rate, "burst", "32kb",
+                    "latency", "400ms",
+                ],
+            )?;
+        }
         Ok(Netns {
             name,
             server_ip,

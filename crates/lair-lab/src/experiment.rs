@@ -33,7 +33,7 @@
 //! cache = "cold"                       # or "warm" (the default)
 //! disk = { read_iops = 200 }           # cgroup v1 blkio or v2 io.max
 //! device = { latency = "5ms", channels = 8 }  # or an emulated disk (crate::disk)
-//! net = { rate = "8mbit" }             # clients in a netns behind tbf
+//! net = { rate = "8mbit" }             # clients in a netns behind tbf (`net = {}`: unshaped)
 //! client = { recv_rate = "20k", recv_buffer = "4k" }
 //! memory = "256m"                      # the server's cgroup holds at most this (page cache)
 //!
@@ -152,8 +152,10 @@ pub enum Cache {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Net {
-    /// Server-to-client rate, tc syntax (`8mbit`).
-    pub rate: String,
+    /// Server-to-client rate, tc syntax (`8mbit`); none: the veth link unshaped (clients in
+    /// another namespace, where the kernel treats zero-copy sends differently from loopback).
+    #[serde(default)]
+    pub rate: Option<String>,
 }
 
 /// Slow-client reading.

@@ -288,7 +288,7 @@ pub fn run(x: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
             };
             let netns = match &env.net {
                 Some(n) => Some(
-                    Netns::new(&mut undo, &n.rate)
+                    Netns::new(&mut undo, n.rate.as_deref())
                         .with_context(|| format!("environment {}: slow network", env.name))?,
                 ),
                 None => None,

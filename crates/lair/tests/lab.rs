@@ -365,6 +365,47 @@ fn ecem_quick_reads_cold_files_and_samples_send_queues() {
     assert!(!left, "a lab memory cgroup outlived the run");
 }
 
+/// Every data-passing mode answers every request (the lab validates each body) over loopback
+/// and over a veth pair, and each mode's own counters say it ran as itself.
+#[test]
+fn datapass_quick_runs_every_mode_on_loopback_and_veth() {
+    const NAME: &str = "datapass_quick_runs_every_mode_on_loopback_and_veth";
+    if !rustix::process::geteuid().is_root() {
+        return support::skipped(NAME, "the veth link into a namespace needs root");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, j) = run(tmp.path(), &["datapass"]);
+    // Seven servers × two sizes × one client count × two environments.
+    check_outputs(&dir, &j, 28);
+    for row in j["rows"].as_array().unwrap() {
+        let what = format!(
+            "{} {} {}",
+            row["server"].as_str().unwrap(),
+            row["workload"].as_str().unwrap(),
+            row["environment"].as_str().unwrap()
+        );
+        let stats = &row["engine"];
+        let d = &stats["datapath"];
+        let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+        match row["server"].as_str().unwrap() {
+            "lair-share" => assert!(n(d, "maps_made") > 0, "{what}: {d}"),
+            "lair-splice" => assert!(n(d, "pipes_made") > 0, "{what}: {d}"),
+            "lair-move" => assert!(n(d, "moves") > 0, "{what}: {d}"),
+            "lair-emulated" => {
+                let z = &stats["engine"]["zerocopy"];
+                assert!(n(z, "sends") > 0, "{what}: {z}");
+                assert!(n(z, "completed") <= n(z, "sends"), "{what}: {z}");
+            }
+            "lair-cache" => assert!(
+                n(&stats["http"], "file_cache_bytes") > 0,
+                "{what}: the bodies were not kept: {}",
+                stats["http"]
+            ),
+            _ => {}
+        }
+    }
+}
+
 #[test]
 fn an_experiment_on_the_emulated_disk_counts_its_reads_and_unmounts() {
     if let Some(why) = lair_lab::disk::why_unavailable() {
