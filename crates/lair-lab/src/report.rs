@@ -261,6 +261,13 @@ fn summary(r: &Results, plots: &[String]) -> String {
             let _ = writeln!(s, "![{p}](plots/{p})\n");
         }
     }
+    let by_size: Vec<&String> = plots.iter().filter(|p| p.starts_with("by-size-")).collect();
+    if !by_size.is_empty() {
+        let _ = writeln!(s, "## Against the body size\n");
+        for p in by_size {
+            let _ = writeln!(s, "![{p}](plots/{p})\n");
+        }
+    }
     s
 }
 
@@ -337,7 +344,7 @@ fn plot_all(dir: &Path, r: &Results) -> anyhow::Result<Vec<String>> {
             let title = format!("{w} / {e} / {g}: {label}");
             let path = plots.join(&file);
             if by_clients.len() > 1 {
-                line_plot(&path, &title, label, &series)
+                line_plot(&path, &title, "clients (log scale)", label, &series)
             } else {
                 bar_plot(&path, &title, label, &series)
             }
@@ -345,10 +352,99 @@ fn plot_all(dir: &Path, r: &Results) -> anyhow::Result<Vec<String>> {
             written.push(file);
         }
     }
+    written.extend(plot_by_size(&plots, r, &order)?);
     Ok(written)
 }
 
-fn line_plot(path: &Path, title: &str, label: &str, series: &Series) -> anyhow::Result<()> {
+/// Each workload's single file size, if every workload is one fixed-size file.
+fn fixed_sizes(r: &Results) -> Option<BTreeMap<String, u64>> {
+    let mut sizes = BTreeMap::new();
+    for w in &r.experiment.workloads {
+        match &w.spec {
+            Some(crate::workload::Spec::Fixed { bytes }) => sizes.insert(w.name.clone(), *bytes),
+            _ => return None,
+        };
+    }
+    (sizes.len() > 1).then_some(sizes)
+}
+
+/// An experiment over several fixed file sizes (`datapass`): each measure against the body
+/// size, one line per server, per environment, group and client count.
+fn plot_by_size(plots: &Path, r: &Results, order: &[String]) -> anyhow::Result<Vec<String>> {
+    let Some(sizes) = fixed_sizes(r) else {
+        return Ok(Vec::new());
+    };
+    type Metric = fn(&Row) -> f64;
+    let metrics: [(&str, &str, Metric); 5] = [
+        ("throughput", "responses per second", |r: &Row| {
+            r.requests_per_s
+        }),
+        ("transmit", "MB/s", |r: &Row| r.mb_per_s),
+        ("cpu-per-req", "server CPU per response (µs)", |r: &Row| {
+            r.server_cpu_us_per_req
+        }),
+        (
+            "user-per-req",
+            "server user-space CPU per response (µs)",
+            |r: &Row| r.server_user_s * 1e6 / (r.requests.max(1) as f64),
+        ),
+        ("cpu-per-mb", "server CPU per MB (ms)", |r: &Row| {
+            let mb = r.mb_per_s * r.elapsed_s;
+            (r.server_user_s + r.server_system_s) * 1e3 / mb.max(1e-9)
+        }),
+    ];
+    let mut groups: BTreeMap<(String, String, usize), Vec<&Row>> = BTreeMap::new();
+    for row in &r.rows {
+        groups
+            .entry((row.environment.clone(), row.group.clone(), row.clients))
+            .or_default()
+            .push(row);
+    }
+    let mut written = Vec::new();
+    for ((e, g, c), rows) in groups {
+        for (what, label, metric) in metrics {
+            let series: Series = order
+                .iter()
+                .map(|name| {
+                    let mut pts: Vec<(usize, Spread)> = sizes
+                        .iter()
+                        .filter_map(|(w, bytes)| {
+                            let v: Vec<f64> = rows
+                                .iter()
+                                .filter(|r| &r.server == name && &r.workload == w)
+                                .map(|r| metric(r))
+                                .collect();
+                            (!v.is_empty()).then(|| (*bytes as usize, spread(v)))
+                        })
+                        .collect();
+                    pts.sort_by_key(|p| p.0);
+                    (name.clone(), pts)
+                })
+                .filter(|(_, pts)| !pts.is_empty())
+                .collect();
+            let file = plot_name("by-size", &e, &g, &format!("{c}-{what}")) + ".svg";
+            let title = format!("{e} / {g} / {c} clients: {label}");
+            line_plot(
+                &plots.join(&file),
+                &title,
+                "body size, bytes (log scale)",
+                label,
+                &series,
+            )
+            .with_context(|| format!("drawing {file}"))?;
+            written.push(file);
+        }
+    }
+    Ok(written)
+}
+
+fn line_plot(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    label: &str,
+    series: &Series,
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let xs: Vec<usize> = series
@@ -374,7 +470,7 @@ fn line_plot(path: &Path, title: &str, label: &str, series: &Series) -> anyhow::
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     chart
         .configure_mesh()
-        .x_desc("clients (log scale)")
+        .x_desc(xlabel)
         .y_desc(label)
         .draw()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
