@@ -227,8 +227,8 @@ lair_conf::settings! {
         /// pipe → socket, pipes from a per-worker pool); `share` (`send` from a shared
         /// mapping of the file); `move` (read into fresh pages, gift them to a pipe and unmap
         /// them, splice); `emulated` (read like `copy`, send with `MSG_ZEROCOPY`, the chunk
-        /// held until the kernel is done with it). `uring` stages `splice`, `share` and
-        /// `move` as it stages sendfile, and copies `emulated` sends.
+        /// held until the kernel is done with it; `uring` uses `IORING_OP_SEND_ZC`). `uring`
+        /// stages `splice`, `share` and `move` as it stages sendfile.
         data: DataMode = "sendfile" as Name;
         /// Most bytes one sendfile call sends before the connection waits its turn again
         /// (fairness between large downloads, like nginx's `sendfile_max_chunk`); the one

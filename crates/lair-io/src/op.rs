@@ -94,7 +94,8 @@ pub enum Op {
         /// Send without copying (`MSG_ZEROCOPY`, `--data emulated`): honoured when every part
         /// is shared bytes ([`crate::Buf::Shared`]), which the engine keeps until the kernel
         /// says it is done with them (see [`crate::zerocopy`]); otherwise an ordinary send.
-        /// Readiness backends and the thread model; `uring` copies (it says so once).
+        /// Readiness backends and the thread model (`MSG_ZEROCOPY`), `uring`
+        /// (`IORING_OP_SEND_ZC`, one shared part).
         zerocopy: bool,
     },
     /// Send `len` bytes of `file` from `offset` to `sock` in the kernel (`sendfile`); the result

@@ -213,7 +213,8 @@ fn splice_falls_back_to_sendfile_past_the_pipe_page_limit() {
     assert!(lines.contains("pipe-user-pages-soft"), "{lines}");
 }
 
-/// `--data emulated` to slow readers, in both models: a chunk sits in the send queue long
+/// `--data emulated` to slow readers, in both models and under `uring` (`IORING_OP_SEND_ZC`,
+/// whose second completion is the notification): a chunk sits in the send queue long
 /// after its `send` returned, and the kernel reads its pages only when it transmits them. Were
 /// a chunk's memory freed or reused before the kernel's notification, the next chunk's read
 /// would land in pages still queued, and the bodies would not match the manifest. Every body
@@ -229,9 +230,9 @@ fn emulated_copy_holds_each_chunk_until_the_kernel_is_done_with_it() {
     let manifest = site.manifest();
     let trace = site.dir.path().join("trace.txt");
     std::fs::write(&trace, "/e0.bin\n/e1.bin\n/e2.bin\n/e3.bin\n/big.bin\n").unwrap();
-    for model in ["events", "threads"] {
-        let json = site.dir.path().join(format!("zc-{model}.json"));
-        let mut srv = Opts::new(&site.root, "lazy")
+    for (model, backend) in [("events", "lazy"), ("events", "uring"), ("threads", "lazy")] {
+        let json = site.dir.path().join(format!("zc-{model}-{backend}.json"));
+        let mut srv = Opts::new(&site.root, backend)
             .args(["--model", model, "--data", "emulated", "--ecem", "off"])
             .args(["--stats-json", json.to_str().unwrap()])
             .start();
@@ -249,24 +250,25 @@ fn emulated_copy_holds_each_chunk_until_the_kernel_is_done_with_it() {
             "--timeout",
             "60s",
         ];
-        support::load_checked(model, &srv.url("/"), &args, &manifest, 24);
+        let what = format!("{model} {backend}");
+        support::load_checked(&what, &srv.url("/"), &args, &manifest, 24);
         srv.stop();
         let z = &stats(&json)["engine"]["zerocopy"];
         let n = |k: &str| {
             z[k].as_u64()
-                .unwrap_or_else(|| panic!("{model}: no {k}: {z}"))
+                .unwrap_or_else(|| panic!("{what}: no {k}: {z}"))
         };
-        assert!(n("sends") >= 24 * (2 << 20) / (64 << 10), "{model}: {z}");
+        assert!(n("sends") >= 24 * (2 << 20) / (64 << 10), "{what}: {z}");
         assert_eq!(
             n("completed"),
             n("sends"),
-            "{model}: a send never notified: {z}"
+            "{what}: a send never notified: {z}"
         );
-        assert_eq!(n("not_shared"), 0, "{model}: {z}");
-        assert_eq!(n("abandoned"), 0, "{model}: {z}");
+        assert_eq!(n("not_shared"), 0, "{what}: {z}");
+        assert_eq!(n("abandoned"), 0, "{what}: {z}");
         assert!(
             n("held_max") > 1,
-            "{model}: chunks were never in flight together: {z}"
+            "{what}: chunks were never in flight together: {z}"
         );
     }
 }

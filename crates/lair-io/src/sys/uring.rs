@@ -45,11 +45,13 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::buf::{Buf, Bytes};
 use super::buf::{BufMut, Gather, GATHER_MAX};
 use super::datapath::Via;
 use super::exec::{call_once, exec, Caps, Step};
 use super::helpers::{Helpers, Job};
 use super::os::{self, Wait};
+use super::zerocopy::ZeroCopyCounters;
 use super::{Backend, EngineConfig, Waker};
 use crate::counters::Counters;
 use crate::op::{Attempt, Call, Completion, Op, OpKind, OpSet, Out, SharedFd, Submit, Token};
@@ -64,6 +66,10 @@ const CANCEL: u64 = u64::MAX - 1;
 const ENTRIES: u32 = 1024;
 /// `IORING_RECVSEND_POLL_FIRST`: wait for readiness before the first receive attempt.
 const RECVSEND_POLL_FIRST: u16 = 1;
+/// `IORING_SEND_ZC_REPORT_USAGE`: a zero-copy send's notification says whether it copied.
+const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+/// `IORING_NOTIF_USAGE_ZC_COPIED`, in such a notification's result.
+const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 
 /// What one operation in the ring owns while the kernel works on it.
 enum State {
@@ -87,6 +93,18 @@ enum State {
         more: bool,
         /// For a list of several parts: the `msghdr` and `iovec`s of a `SENDMSG`.
         msg: Option<Box<Vectors>>,
+    },
+    /// A zero-copy send (`IORING_OP_SEND_ZC`) of one shared part: its first completion is
+    /// the result, the second (`IORING_CQE_F_NOTIF`) says the kernel is done with the bytes.
+    SendZc {
+        sock: SharedFd,
+        bufs: Gather,
+        from: usize,
+    },
+    /// The bytes of a zero-copy send whose result was delivered, held until its
+    /// notification.
+    ZcHeld {
+        _bytes: Bytes,
     },
     /// Sendfile, step 1: reading the file into `stage`.
     FileToStage {
@@ -190,8 +208,10 @@ pub struct UringBackend {
     counters: Counters,
     /// Whether the log said that `--data splice|share` is staged here.
     said_via: bool,
-    /// Whether the log said that zero-copy sends copy here.
-    said_zc: bool,
+    /// What zero-copy sends did (`--data emulated`, `IORING_OP_SEND_ZC`).
+    zc: ZeroCopyCounters,
+    /// Zero-copy sends waiting for their notification.
+    zc_held: u64,
 }
 
 /// Whether io_uring can be used here, and if not, why (for the fallback message).
@@ -262,7 +282,8 @@ impl Backend for UringBackend {
             ready: Vec::new(),
             counters: Counters::new("uring"),
             said_via: false,
-            said_zc: false,
+            zc: ZeroCopyCounters::default(),
+            zc_held: 0,
         };
         b.arm_wake();
         Ok(b)
@@ -310,7 +331,9 @@ impl Backend for UringBackend {
     }
 
     fn counters(&self) -> Counters {
-        self.counters.clone()
+        let mut c = self.counters.clone();
+        c.zerocopy = (self.zc != ZeroCopyCounters::default()).then_some(self.zc);
+        c
     }
 
     fn release_idle(&mut self) {
@@ -486,19 +509,25 @@ impl UringBackend {
                 more,
                 zerocopy,
             } => {
-                if zerocopy && !self.said_zc {
-                    self.said_zc = true;
-                    tracing::warn!(
-                        "uring: zero-copy sends (--data emulated) are not wired to \
-                         IORING_OP_SEND_ZC yet; they copy"
-                    );
-                }
-                State::Send {
-                    sock,
-                    from: from.min(bufs.len()),
-                    msg: (bufs.parts().len() > 1).then(|| Vectors::new(&bufs, from)),
-                    bufs,
-                    more,
+                let one_shared =
+                    bufs.parts().len() == 1 && matches!(bufs.parts()[0], Buf::Shared(_));
+                if zerocopy && one_shared {
+                    State::SendZc {
+                        sock,
+                        from: from.min(bufs.len()),
+                        bufs,
+                    }
+                } else {
+                    if zerocopy {
+                        self.zc.not_shared += 1;
+                    }
+                    State::Send {
+                        sock,
+                        from: from.min(bufs.len()),
+                        msg: (bufs.parts().len() > 1).then(|| Vectors::new(&bufs, from)),
+                        bufs,
+                        more,
+                    }
                 }
             }
             Op::Sendfile {
@@ -636,6 +665,19 @@ impl UringBackend {
                     }
                 }
             }
+            State::SendZc { sock, bufs, from } => {
+                let rest = bufs.slices_from(*from).next().unwrap_or_default();
+                opcode::SendZc::new(
+                    types::Fd(sock.as_raw_fd()),
+                    rest.as_ptr(),
+                    u32::try_from(rest.len()).unwrap_or(u32::MAX),
+                )
+                .flags(libc::MSG_NOSIGNAL)
+                .zc_flags(SEND_ZC_REPORT_USAGE)
+                .build()
+            }
+            // Never queued: it only waits for a notification in its slot.
+            State::ZcHeld { .. } => return,
             State::StageToSock { sock, stage, .. } => opcode::Send::new(
                 types::Fd(sock.as_raw_fd()),
                 stage.as_ptr(),
@@ -745,8 +787,23 @@ impl UringBackend {
                     let Some(f) = self.flights.get_mut(id as usize).and_then(Option::take) else {
                         continue;
                     };
+                    if cqueue::more(flags) {
+                        // A zero-copy send's result; its notification comes to the same slot.
+                        if let Some(c) = self.zc_result(id as usize, f, res) {
+                            done.push(c);
+                        }
+                        continue;
+                    }
                     self.free.push(id as usize);
                     self.in_ring -= 1;
+                    if cqueue::notif(flags) {
+                        self.zc.completed += 1;
+                        if res as u32 & NOTIF_USAGE_ZC_COPIED != 0 {
+                            self.zc.copied += 1;
+                        }
+                        self.zc_held = self.zc_held.saturating_sub(1);
+                        continue;
+                    }
                     if let Some(c) = self.complete(f, res) {
                         self.counters.op_mut(c.kind).errors += u64::from(c.result.is_err());
                         done.push(c);
@@ -757,6 +814,39 @@ impl UringBackend {
         if !self.wake_armed {
             self.arm_wake();
         }
+    }
+
+    /// The first completion of a zero-copy send (more follows): give the caller its result and
+    /// its list back now, and keep a reference to the bytes in the slot until the kernel's
+    /// notification.
+    fn zc_result(&mut self, id: usize, f: Flight, res: i32) -> Option<Completion> {
+        let Flight { token, kind, state } = f;
+        let State::SendZc { bufs, .. } = state else {
+            // Nothing else asks for two completions.
+            self.flights[id] = Some(Flight { token, kind, state });
+            return None;
+        };
+        let bytes = match bufs.parts().first() {
+            Some(Buf::Shared(b)) => b.clone(),
+            _ => Bytes::new(),
+        };
+        self.flights[id] = Some(Flight {
+            token,
+            kind,
+            state: State::ZcHeld { _bytes: bytes },
+        });
+        let result = match usize::try_from(res) {
+            Ok(n) => {
+                self.zc.sends += 1;
+                self.zc.bytes += n as u64;
+                self.zc_held += 1;
+                self.zc.held_max = self.zc.held_max.max(self.zc_held);
+                Ok(n)
+            }
+            Err(_) => Err(errno(res)),
+        };
+        self.counters.op_mut(kind).errors += u64::from(result.is_err());
+        Some(Completion::new(token, kind, result, Out::Gather(bufs)))
     }
 
     /// Turn a completion into the caller's [`Completion`], or queue the operation's next step.
@@ -786,6 +876,11 @@ impl UringBackend {
                 }
                 None => (Err(errno(res)), Out::Buf(buf)),
             },
+            State::SendZc { bufs, .. } => match ok {
+                Some(n) => (Ok(n), Out::Gather(bufs)),
+                None => (Err(errno(res)), Out::Gather(bufs)),
+            },
+            State::ZcHeld { .. } => return None,
             State::Send { bufs, .. } | State::Write { bufs, .. } => match ok {
                 Some(n) => (Ok(n), Out::Gather(bufs)),
                 None => (Err(errno(res)), Out::Gather(bufs)),

@@ -19,7 +19,9 @@
 //!
 //! Readiness backends: zero-copy sends run on the loop (never on a helper), and the loop reads
 //! the error queue when epoll reports it (`EPOLLERR` without a hang-up, on a socket in the
-//! table). The thread model reads it after each send and waits for it before a close.
+//! table). The thread model reads it after each send and waits for it before a close. The
+//! `uring` backend does not use this table: `IORING_OP_SEND_ZC` delivers the notification as
+//! a second completion, and the slot of the send keeps the bytes until it arrives.
 
 #![allow(unsafe_code)]
 
