@@ -216,7 +216,9 @@ pub struct EcemCounters {
     pub prefetches: u64,
     /// Bytes asked for by read-ahead.
     pub prefetch_bytes: u64,
-    /// Longest read-ahead call, nanoseconds (it should not wait for the disk).
+    /// Longest read-ahead call, nanoseconds, where it ran: the thread model's own thread, the
+    /// event loop's helpers (never the loop itself: allocating the pages can mean direct
+    /// reclaim under a memory limit).
     pub prefetch_ns_max: u64,
 }
 
@@ -253,10 +255,15 @@ impl EcemCounters {
         self.prefetch_ns_max = self.prefetch_ns_max.max(o.prefetch_ns_max);
     }
 
-    /// Record how long a read-ahead call took.
+    /// Count a read-ahead hint of `bytes`, and how long it took where it was given.
     pub fn prefetched(&mut self, bytes: u64, took: Duration) {
         self.prefetches += 1;
         self.prefetch_bytes += bytes;
+        self.prefetch_took(took);
+    }
+
+    /// Record how long a read-ahead hint took (given on a helper, it is timed there).
+    pub fn prefetch_took(&mut self, took: Duration) {
         self.prefetch_ns_max = self.prefetch_ns_max.max(nanos(took));
     }
 }

@@ -130,7 +130,7 @@ impl Blocking {
         } = &op
         {
             let now = Instant::now();
-            let (p, go) = super::correlate::chunk_read(
+            let (p, go, ahead) = super::correlate::chunk_read(
                 &mut self.pairs,
                 self.ded,
                 self.lowat,
@@ -140,6 +140,11 @@ impl Blocking {
                 *len as u64,
                 now,
             );
+            // This thread has nothing else to do: the hint is given here.
+            if let Some(ahead) = ahead {
+                let took = ahead.run();
+                self.pairs.counters.prefetch_took(took);
+            }
             pair = Some(p);
             if !go {
                 // No room: hold the read (the disk works on the read-ahead meanwhile).

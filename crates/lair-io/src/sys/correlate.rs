@@ -23,7 +23,8 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::exec::Step;
 use super::os;
@@ -76,34 +77,58 @@ pub(crate) fn chunk_read(
     offset: u64,
     len: u64,
     now: Instant,
-) -> (PairId, bool) {
+) -> (PairId, bool, Option<Prefetch>) {
     let pair = table.add(key(file), key(sock), Order::DiskThenNet);
-    if ded {
-        read_ahead_chunks(table, pair, file, offset, len);
-    }
+    let ahead = if ded {
+        read_ahead_chunks(table, pair, file, offset, len)
+    } else {
+        None
+    };
     let room = room_for(sock, mark, len);
     table.update(pair, None, Some(room));
     if !ded {
         table.counters.reads_without_room += u64::from(!room);
-        return (pair, true);
+        return (pair, true, ahead);
     }
     if room {
         table.deliver(pair, now);
     } else {
         table.defer(pair, now);
     }
-    (pair, room)
+    (pair, room, ahead)
+}
+
+/// A read-ahead hint to give (`POSIX_FADV_WILLNEED`), wherever the caller runs it: the thread
+/// model on its own thread, the event loop on a helper — queueing the reads does not wait
+/// for them, but allocating their pages can mean direct reclaim when memory is limited.
+pub(crate) struct Prefetch {
+    file: Arc<OwnedFd>,
+    from: u64,
+    len: u64,
+}
+
+impl Prefetch {
+    /// Give the hint; how long the call took.
+    pub fn run(&self) -> Duration {
+        let t = Instant::now();
+        os::prefetch_range(&self.file, self.from, self.len);
+        t.elapsed()
+    }
 }
 
 /// DED's read-ahead: keep a copied body read ahead one chunk past the one about to be read.
 /// (The first full run read ahead only the chunk itself, just before its read: when the
 /// socket had room the read-ahead was still in flight, and 38,134 of 38,640 event-loop reads
 /// missed the cache and went to helper threads.)
-fn read_ahead_chunks(table: &mut PairTable, pair: PairId, file: &OwnedFd, offset: u64, len: u64) {
+fn read_ahead_chunks(
+    table: &mut PairTable,
+    pair: PairId,
+    file: &Arc<OwnedFd>,
+    offset: u64,
+    len: u64,
+) -> Option<Prefetch> {
     let want = offset + 2 * len;
-    let Some(s) = table.splice_mut(pair) else {
-        return;
-    };
+    let s = table.splice_mut(pair)?;
     let done = s.prefetched_to;
     let from = if (offset..=want).contains(&done) {
         done
@@ -111,12 +136,15 @@ fn read_ahead_chunks(table: &mut PairTable, pair: PairId, file: &OwnedFd, offset
         offset
     };
     if from >= want {
-        return;
+        return None;
     }
     s.prefetched_to = want;
-    let t = Instant::now();
-    os::prefetch_range(file, from, want - from);
-    table.counters.prefetched(want - from, t.elapsed());
+    table.counters.prefetched(want - from, Duration::ZERO);
+    Some(Prefetch {
+        file: Arc::clone(file),
+        from,
+        len: want - from,
+    })
 }
 
 /// The correlation state of one reactor.
@@ -124,6 +152,10 @@ pub(crate) struct Correlator {
     mode: EcemMode,
     lowat: u64,
     table: PairTable,
+    /// Read-ahead hints decided and not yet handed to the caller.
+    prefetches: Vec<Prefetch>,
+    /// The slowest hint the helpers gave, nanoseconds.
+    slowest: Arc<AtomicU64>,
 }
 
 /// What DNS decided for one `sendfile`, checked against its result.
@@ -143,11 +175,15 @@ impl Correlator {
             mode: config.ecem,
             lowat: u64::from(config.notsent_lowat),
             table: PairTable::new(),
+            prefetches: Vec::new(),
+            slowest: Arc::new(AtomicU64::new(0)),
         }
     }
 
     pub fn counters(&self) -> EcemCounters {
-        self.table.counters
+        let mut c = self.table.counters;
+        c.prefetch_ns_max = c.prefetch_ns_max.max(self.slowest.load(Ordering::Relaxed));
+        c
     }
 
     /// A descriptor was closed: its pair goes.
@@ -171,7 +207,7 @@ impl Correlator {
             ..
         } = op
         {
-            let (pair, go) = chunk_read(
+            let (pair, go, ahead) = chunk_read(
                 &mut self.table,
                 self.mode.ded,
                 self.lowat,
@@ -181,6 +217,7 @@ impl Correlator {
                 *len as u64,
                 Instant::now(),
             );
+            self.prefetches.extend(ahead);
             if !go {
                 // Parked on the socket's writability by the reactor; the `poll` that found
                 // no room armed it.
@@ -257,7 +294,7 @@ impl Correlator {
 
     /// Keep the file read ahead of `end` (where this send stops) by one to two marks, asking
     /// for a mark's worth at a time.
-    fn read_ahead(&mut self, pair: PairId, file: &OwnedFd, end: u64) {
+    fn read_ahead(&mut self, pair: PairId, file: &Arc<OwnedFd>, end: u64) {
         let mark = if self.lowat > 0 {
             self.lowat
         } else {
@@ -277,9 +314,22 @@ impl Correlator {
         };
         let to = end + 2 * mark;
         s.prefetched_to = to;
-        let t = Instant::now();
-        os::prefetch_range(file, from, to - from);
-        self.table.counters.prefetched(to - from, t.elapsed());
+        self.table.counters.prefetched(to - from, Duration::ZERO);
+        self.prefetches.push(Prefetch {
+            file: Arc::clone(file),
+            from,
+            len: to - from,
+        });
+    }
+
+    /// The read-ahead hints decided since the last call, for the caller to give.
+    pub fn take_prefetches(&mut self) -> std::vec::Drain<'_, Prefetch> {
+        self.prefetches.drain(..)
+    }
+
+    /// Where the helpers that give the hints record the slowest, nanoseconds.
+    pub fn prefetch_slowest(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.slowest)
     }
 
     /// What became of a planned operation: a chunk read that finished makes its pair's disk

@@ -29,6 +29,9 @@ pub(crate) struct Job {
     /// Already counted as parked / as sent to a helper (each counted once per operation).
     pub parked: bool,
     pub helped: bool,
+    /// The engine's own work (a read-ahead hint): it reports through its own means (an
+    /// atomic), so it makes no completion and does not wake the loop.
+    pub internal: bool,
 }
 
 impl Job {
@@ -40,6 +43,15 @@ impl Job {
             sent: Instant::now(),
             parked: false,
             helped: false,
+            internal: false,
+        }
+    }
+
+    /// Work of the engine's own (see [`Job::internal`]).
+    pub fn internal(op: Op) -> Job {
+        Job {
+            internal: true,
+            ..Job::new(Token(0), op)
         }
     }
 }
@@ -59,6 +71,8 @@ pub(crate) struct JobMeta {
     /// The descriptor number of a connect's socket: when the connect finishes, the loop must
     /// forget that number's readiness slot.
     pub connecting: Option<usize>,
+    /// The engine's own work: never finished through the queue (see [`Job::internal`]).
+    pub internal: bool,
 }
 
 struct Queue {
@@ -221,12 +235,18 @@ fn helper_main(shared: &PoolState) {
                 Op::Connect { sock: Some(s), .. } => usize::try_from(s.as_raw_fd()).ok(),
                 _ => None,
             },
+            internal: job.internal,
         };
         let prefetch = match &job.op {
             Op::Open { prefetch, .. } => *prefetch,
             _ => 0,
         };
         let step = exec(job.op, Wait::Block, &mut caps);
+        if meta.internal {
+            // The engine's own work reports through its own means: no completion, and no
+            // wake-up of the loop.
+            continue;
+        }
         if let (Step::Done(Ok(_), Out::File(fd)), 1..) = (&step, prefetch) {
             os::prefetch(fd, prefetch);
         }
