@@ -22,8 +22,8 @@
 //! - a socket's pair is removed when the socket is closed.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::exec::Step;

@@ -414,11 +414,12 @@ impl<P: Policy> Readiness<P> {
         let slowest = self.ecem.prefetch_slowest();
         for p in self.ecem.take_prefetches() {
             let slowest = Arc::clone(&slowest);
-            self.helpers.submit(Job::internal(Op::Call(Box::new(move |_| {
-                let ns = u64::try_from(p.run().as_nanos()).unwrap_or(u64::MAX);
-                slowest.fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
-                Ok(0)
-            }))));
+            self.helpers
+                .submit(Job::internal(Op::Call(Box::new(move |_| {
+                    let ns = u64::try_from(p.run().as_nanos()).unwrap_or(u64::MAX);
+                    slowest.fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
+                    Ok(0)
+                }))));
         }
         let plan = match plan {
             Ok(plan) => plan,
