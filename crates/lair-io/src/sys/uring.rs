@@ -106,6 +106,14 @@ enum State {
     ZcHeld {
         _bytes: Bytes,
     },
+    /// Sendfile, step 0: the socket had no room; waiting for `POLLOUT` before staging (so no
+    /// buffer is held while a slow client drains).
+    AwaitRoom {
+        sock: SharedFd,
+        file: SharedFd,
+        offset: u64,
+        len: usize,
+    },
     /// Sendfile, step 1: reading the file into `stage`.
     FileToStage {
         sock: SharedFd,
@@ -203,6 +211,10 @@ pub struct UringBackend {
     stages: Vec<Vec<u8>>,
     /// Staging buffer size: `EngineConfig::sendfile_window`.
     window: usize,
+    /// `TCP_NOTSENT_LOWAT` of the accepted sockets (0: none): a staged window is no larger
+    /// than the socket's room under it, so the send that follows never waits for the client
+    /// while holding the buffer.
+    lowat: u64,
     cqes: Vec<(u64, i32, u32)>,
     ready: Vec<Completion>,
     counters: Counters,
@@ -278,6 +290,7 @@ impl Backend for UringBackend {
             direct: Caps::none(),
             stages: Vec::new(),
             window: config.sendfile_window.max(4096),
+            lowat: u64::from(config.notsent_lowat),
             cqes: Vec::with_capacity(256),
             ready: Vec::new(),
             counters: Counters::new("uring"),
@@ -473,6 +486,59 @@ impl UringBackend {
         }
     }
 
+    /// Stage the next window of a sendfile: no more than the socket takes now (its room under
+    /// the mark, and in its send buffer), or — with no room — wait for `POLLOUT` first,
+    /// holding no buffer. Without a mark, a whole `window` (the send then waits for the
+    /// client with the buffer: 1,000 slow readers held 270 MB that way).
+    fn start_sendfile(
+        &mut self,
+        token: Token,
+        kind: OpKind,
+        sock: SharedFd,
+        file: SharedFd,
+        offset: u64,
+        len: usize,
+    ) {
+        let mut window = len.min(self.window);
+        if self.lowat > 0 {
+            const PAGE: u64 = 4096;
+            let room = match os::send_queue(&sock) {
+                Ok(q) => self
+                    .lowat
+                    .saturating_sub(q.unsent)
+                    .min(q.sndbuf.saturating_sub(q.queued)),
+                // Not a TCP socket (or gone): stage as without a mark; the send reports.
+                Err(_) => u64::MAX,
+            };
+            if room < PAGE {
+                // Counted as a parked sendfile: it waits for the socket's readiness.
+                self.counters.op_mut(kind).parked += 1;
+                let flight = Flight {
+                    token,
+                    kind,
+                    state: State::AwaitRoom {
+                        sock,
+                        file,
+                        offset,
+                        len,
+                    },
+                };
+                self.queue(flight, None);
+                return;
+            }
+            let room = usize::try_from(room / PAGE * PAGE).unwrap_or(usize::MAX);
+            window = window.min(room);
+        }
+        let stage = self.stage_buffer();
+        let flight = Flight {
+            token,
+            kind,
+            state: State::FileToStage { sock, file, stage },
+        };
+        // The stage buffer is empty; a step reads at most one window.
+        self.queue(flight, Some((offset, window)));
+    }
+
     fn stage_buffer(&mut self) -> Vec<u8> {
         self.stages
             .pop()
@@ -549,14 +615,7 @@ impl UringBackend {
                         }
                     );
                 }
-                let stage = self.stage_buffer();
-                let flight = Flight {
-                    token,
-                    kind,
-                    state: State::FileToStage { sock, file, stage },
-                };
-                // The stage buffer is empty; a step reads at most one chunk.
-                self.queue(flight, Some((offset, len.min(self.window))));
+                self.start_sendfile(token, kind, sock, file, offset, len);
                 return Ok(());
             }
             Op::Shutdown { sock } => State::Shutdown { sock },
@@ -678,6 +737,9 @@ impl UringBackend {
             }
             // Never queued: it only waits for a notification in its slot.
             State::ZcHeld { .. } => return,
+            State::AwaitRoom { sock, .. } => {
+                opcode::PollAdd::new(types::Fd(sock.as_raw_fd()), libc::POLLOUT as u32).build()
+            }
             State::StageToSock { sock, stage, .. } => opcode::Send::new(
                 types::Fd(sock.as_raw_fd()),
                 stage.as_ptr(),
@@ -881,6 +943,18 @@ impl UringBackend {
                 None => (Err(errno(res)), Out::Gather(bufs)),
             },
             State::ZcHeld { .. } => return None,
+            State::AwaitRoom {
+                sock,
+                file,
+                offset,
+                len,
+            } => match ok {
+                Some(_) => {
+                    self.start_sendfile(token, kind, sock, file, offset, len);
+                    return None;
+                }
+                None => (Err(errno(res)), Out::None),
+            },
             State::Send { bufs, .. } | State::Write { bufs, .. } => match ok {
                 Some(n) => (Ok(n), Out::Gather(bufs)),
                 None => (Err(errno(res)), Out::Gather(bufs)),
