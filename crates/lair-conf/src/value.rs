@@ -56,6 +56,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size like 4096, 64k or 2m"))
 }
 
+/// Bytes as [`parse_size`] reads them, in the largest unit that is exact (`65536` → `64k`).
+pub fn size_text(n: u64) -> String {
+    for (unit, shift) in [("g", 30), ("m", 20), ("k", 10)] {
+        if n != 0 && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
 /// A size that must not be zero (a rate, a buffer): [`parse_size`], refusing `0`.
 pub fn parse_nonzero_size(s: &str) -> Result<u64, String> {
     match parse_size(s)? {

@@ -108,17 +108,20 @@ pub enum DataMode {
     /// copy): the chunk becomes immutable shared bytes the engine holds until the kernel's
     /// notification.
     Emulated,
+    /// Per response, by the body's size: the mode `--data-auto` names for it.
+    Auto,
 }
 
 impl DataMode {
     /// Every mode, in the order experiments list them.
-    pub const ALL: [DataMode; 6] = [
+    pub const ALL: [DataMode; 7] = [
         DataMode::Copy,
         DataMode::Share,
         DataMode::Sendfile,
         DataMode::Splice,
         DataMode::Move,
         DataMode::Emulated,
+        DataMode::Auto,
     ];
 
     /// Whether bodies pass through the connection's buffer (read, then sent from it): what
@@ -136,7 +139,72 @@ impl DataMode {
             DataMode::Share => "share",
             DataMode::Move => "move",
             DataMode::Emulated => "emulated",
+            DataMode::Auto => "auto",
         }
+    }
+}
+
+/// `--data-auto`: which mode `--data auto` uses for a body of a given size — a list of
+/// `MODE<SIZE` steps, smallest first, then the mode for everything larger (`copy<64k,sendfile`:
+/// below 64 KiB `copy`, from there `sendfile`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoRule {
+    steps: Vec<(DataMode, u64)>,
+    rest: DataMode,
+}
+
+impl AutoRule {
+    /// The mode for a body of `len` bytes.
+    pub fn pick(&self, len: u64) -> DataMode {
+        self.steps
+            .iter()
+            .find(|(_, below)| len < *below)
+            .map_or(self.rest, |(m, _)| *m)
+    }
+
+    /// Every mode the rule can pick.
+    pub fn modes(&self) -> impl Iterator<Item = DataMode> + '_ {
+        self.steps.iter().map(|(m, _)| *m).chain([self.rest])
+    }
+}
+
+impl std::fmt::Display for AutoRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (m, below) in &self.steps {
+            write!(f, "{m}<{},", lair_conf::value::size_text(*below))?;
+        }
+        write!(f, "{}", self.rest)
+    }
+}
+
+impl std::str::FromStr for AutoRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let (last, steps) = parts.split_last().ok_or("an empty rule")?;
+        let mode = |t: &str| -> Result<DataMode, String> {
+            match t.parse::<DataMode>()? {
+                DataMode::Auto => Err("`auto` cannot pick `auto`".into()),
+                m => Ok(m),
+            }
+        };
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for step in steps {
+            let (m, size) = step
+                .split_once('<')
+                .ok_or_else(|| format!("{step:?}: expected MODE<SIZE"))?;
+            let below = lair_conf::value::parse_size(size.trim())?;
+            if below <= prev {
+                return Err(format!("{step:?}: sizes must grow from step to step"));
+            }
+            prev = below;
+            out.push((mode(m.trim())?, below));
+        }
+        Ok(AutoRule {
+            steps: out,
+            rest: mode(last)?,
+        })
     }
 }
 
@@ -230,6 +298,10 @@ lair_conf::settings! {
         /// held until the kernel is done with it; `uring` uses `IORING_OP_SEND_ZC`). `uring`
         /// stages `splice`, `share` and `move` as it stages sendfile.
         data: DataMode = "sendfile" as Name;
+        /// What `--data auto` uses, by body size: `MODE<SIZE` steps, smallest first, then the
+        /// mode for larger bodies (`copy<64k,sendfile`). Not yet measured: the `datapass`
+        /// experiment is to set it.
+        data_auto: AutoRule = "sendfile" as Name;
         /// Most bytes one sendfile call sends before the connection waits its turn again
         /// (fairness between large downloads, like nginx's `sendfile_max_chunk`); the one
         /// sendfile window: `lazy` checks this range with cachestat, `uring` stages it.
@@ -318,7 +390,11 @@ impl ServerConfig {
                 crate::request::MAX_FIELDS
             ));
         }
-        if self.ecem.ded && !self.data.reads_into_buffer() {
+        let ded_ok = match self.data {
+            DataMode::Auto => self.data_auto.modes().any(DataMode::reads_into_buffer),
+            m => m.reads_into_buffer(),
+        };
+        if self.ecem.ded && !ded_ok {
             return Err(
                 "ecem: `ded` holds the disk reads of bodies sent through the connection's \
                  buffer: it needs --data copy or emulated (sendfile bodies are paced by `dns`)"
@@ -336,6 +412,28 @@ impl ServerConfig {
 mod tests {
     use super::*;
     use lair_conf::Settings as _;
+
+    #[test]
+    fn an_auto_rule_picks_by_size_and_reads_back_as_written() {
+        let r: AutoRule = "emulated<16k, copy<64k, sendfile".parse().unwrap();
+        assert_eq!(r.pick(1000), DataMode::Emulated);
+        assert_eq!(r.pick(16 << 10), DataMode::Copy);
+        assert_eq!(r.pick(64 << 10), DataMode::Sendfile);
+        assert_eq!(r.to_string(), "emulated<16k,copy<64k,sendfile");
+        assert_eq!(
+            "splice".parse::<AutoRule>().unwrap().pick(1),
+            DataMode::Splice
+        );
+        for bad in [
+            "",
+            "copy<64k",
+            "copy<64k,auto",
+            "copy<64k,emulated<16k,sendfile",
+            "x<1k,copy",
+        ] {
+            assert!(bad.parse::<AutoRule>().is_err(), "{bad:?} was accepted");
+        }
+    }
 
     #[test]
     fn every_backend_is_named_in_the_backend_help() {

@@ -160,6 +160,8 @@ struct Req {
     /// Shared bytes sent in place of the send buffer: a cached small file's prebuilt head, or
     /// a chunk frozen for a zero-copy send (`--data emulated`).
     lead: Option<Bytes>,
+    /// The data path of a large body (`--data`, or what `auto` picked for its size).
+    data: DataMode,
     /// A body sent from the cache: shared, immutable bytes that follow the head in the same
     /// gather send (no copy into the send buffer).
     shared_body: Option<Bytes>,
@@ -652,10 +654,22 @@ impl Conn {
             self.req.whole_file = first == 0 && count == len;
             self.req.entry = Some(Arc::clone(e));
             self.read_body()
-        } else if cx.cfg.data.reads_into_buffer() {
+        } else {
+            // The data path of this body: `--data`, or under `auto` the one its size gets.
+            self.req.data = match cx.cfg.data {
+                DataMode::Auto => cx.cfg.data_auto.pick(count),
+                m => m,
+            };
+            self.send_large(cx, e, len)
+        }
+    }
+
+    /// Start a body larger than `--small-file-bytes` on its data path (`req.data`).
+    fn send_large(&mut self, cx: &mut Cx<'_>, e: &Arc<Entry>, len: u64) -> Next {
+        if self.req.data.reads_into_buffer() {
             self.copy_chunk(cx)
         } else {
-            if cx.cfg.data == DataMode::Share {
+            if self.req.data == DataMode::Share {
                 self.req.map = e.map.get().cloned();
                 self.req.file_len = len;
                 self.req.entry = Some(Arc::clone(e));
@@ -768,7 +782,7 @@ impl Conn {
     fn send_buf(&mut self, cx: &Cx<'_>, phase: Phase) -> Next {
         self.phase = phase;
         self.deadline = Some(cx.now + cx.cfg.send_timeout);
-        let zerocopy = phase == Phase::CopySending && cx.cfg.data == DataMode::Emulated;
+        let zerocopy = phase == Phase::CopySending && self.req.data == DataMode::Emulated;
         let bufs = if zerocopy {
             // The chunk (behind the head, for the first) becomes immutable shared bytes, which
             // the engine may hold until the kernel has sent them: the next chunk is read into
@@ -841,14 +855,16 @@ impl Conn {
         };
         self.phase = Phase::SendingFile;
         self.deadline = Some(cx.now + cx.cfg.send_timeout);
-        let via = match cx.cfg.data {
+        let via = match self.req.data {
             DataMode::Splice => Via::Splice(self.req.pipe.take().or_else(|| cx.bufs.take_pipe())),
             DataMode::Move => Via::Move(self.req.pipe.take().or_else(|| cx.bufs.take_pipe())),
             DataMode::Share => Via::Mapped {
                 map: self.req.map.clone(),
                 file_len: self.req.file_len,
             },
-            DataMode::Sendfile | DataMode::Copy | DataMode::Emulated => Via::Sendfile,
+            DataMode::Sendfile | DataMode::Copy | DataMode::Emulated | DataMode::Auto => {
+                Via::Sendfile
+            }
         };
         Next::Submit(Op::Sendfile {
             sock: Arc::clone(&self.sock),

@@ -209,9 +209,15 @@ fn connection_cap(cfg: &ServerConfig, nofile: Option<u64>) -> usize {
     let Some(n) = nofile.and_then(|n| usize::try_from(n).ok()) else {
         return want;
     };
-    let (per, what) = match cfg.data {
-        DataMode::Splice | DataMode::Move => (4, "a socket, a file and a pipe"),
-        _ => (2, "a socket and a file"),
+    let pipes = |m: DataMode| matches!(m, DataMode::Splice | DataMode::Move);
+    let piped = match cfg.data {
+        DataMode::Auto => cfg.data_auto.modes().any(pipes),
+        m => pipes(m),
+    };
+    let (per, what) = if piped {
+        (4, "a socket, a file and a pipe")
+    } else {
+        (2, "a socket and a file")
     };
     let cap = (n.saturating_sub(64) / per).max(1);
     if cap < want {

@@ -373,3 +373,43 @@ fn uring_holds_no_buffer_while_a_slow_reader_drains() {
         "peak RSS without the mark {old} KiB, with it {new} KiB"
     );
 }
+
+/// `--data auto` sends each body on the path `--data-auto` names for its size: here a 300 KB
+/// body through the connection's buffer (`copy`: file reads) and a 3 MiB one through a pipe
+/// (`splice`), both whole, in one server.
+#[test]
+fn auto_picks_the_data_path_by_body_size() {
+    let site = Site::new();
+    std::fs::write(site.path("mid.bin"), pattern(300_000)).unwrap();
+    let json = site.dir.path().join("auto.json");
+    let mut srv = Opts::new(&site.root, "lazy")
+        .events()
+        .workers(1)
+        .args([
+            "--data",
+            "auto",
+            "--data-auto",
+            "copy<1m,splice",
+            "--ecem",
+            "off",
+        ])
+        .args(["--stats-json", json.to_str().unwrap()])
+        .start();
+    let mut c = srv.connect();
+    let r = c.get("/mid.bin");
+    assert!(r.status == 200 && r.body == pattern(300_000), "mid");
+    let r = c.get("/big.bin");
+    assert!(r.status == 200 && r.body == pattern(3 << 20), "big");
+    drop(c);
+    srv.stop();
+    let s = stats(&json);
+    let reads = s["engine"]["ops"]["read"]["submitted"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        reads >= 300_000 / (64 << 10),
+        "the 300 KB body was not copied: {s}"
+    );
+    let d = &s["datapath"];
+    assert_eq!(d["pipes_made"], 1, "the 3 MiB body was not spliced: {d}");
+}
