@@ -178,6 +178,14 @@ pub enum Op {
     },
     /// Any call that may block (the seed's `laio_syscall`).
     Call(Call),
+    /// Wait until `sock` is readable (data, or the end of the stream); completes with 0 and
+    /// reads nothing — so an idle keep-alive connection waits without a receive buffer. Under
+    /// a readiness backend it completes at once unless the socket is known drained (an
+    /// `EAGAIN` or a short receive since the last edge); the caller's receive then finds out.
+    Readable {
+        /// The connected socket.
+        sock: SharedFd,
+    },
 }
 
 impl Op {
@@ -196,6 +204,7 @@ impl Op {
             Op::Read { .. } => OpKind::Read,
             Op::Write { .. } => OpKind::Write,
             Op::Call(_) => OpKind::Call,
+            Op::Readable { .. } => OpKind::Readable,
         }
     }
 
@@ -214,7 +223,7 @@ impl Op {
         match self {
             Op::Connect { sock, .. } => sock.as_ref().map(|s| (s, Interest::Write)),
             Op::Accept { listener } => Some((listener, Interest::Read)),
-            Op::Recv { sock, .. } => Some((sock, Interest::Read)),
+            Op::Recv { sock, .. } | Op::Readable { sock } => Some((sock, Interest::Read)),
             Op::Send { sock, .. } | Op::Sendfile { sock, .. } => Some((sock, Interest::Write)),
             _ => None,
         }
@@ -271,11 +280,12 @@ pub enum OpKind {
     Read,
     Write,
     Call,
+    Readable,
 }
 
 impl OpKind {
     /// Every kind, in counter order.
-    pub const ALL: [OpKind; 12] = [
+    pub const ALL: [OpKind; 13] = [
         OpKind::Connect,
         OpKind::Accept,
         OpKind::Recv,
@@ -288,6 +298,7 @@ impl OpKind {
         OpKind::Read,
         OpKind::Write,
         OpKind::Call,
+        OpKind::Readable,
     ];
 
     /// Position in [`OpKind::ALL`].
@@ -310,6 +321,7 @@ impl OpKind {
             OpKind::Read => "read",
             OpKind::Write => "write",
             OpKind::Call => "call",
+            OpKind::Readable => "readable",
         }
     }
 }

@@ -197,6 +197,74 @@ fn pair() -> (Arc<OwnedFd>, TcpStream) {
     (Arc::new(OwnedFd::from(server)), client)
 }
 
+/// `Op::Readable` waits for input without a buffer: on a socket known to be drained it stays
+/// pending until the peer writes (no completion before), then completes with 0, and the data
+/// is still there for the receive that follows.
+struct Readable;
+impl WithBackend for Readable {
+    type Output = ();
+    fn run<B: Backend>(self, mut b: B) {
+        let name = B::NAME;
+        let (sock, mut client) = pair();
+        // A receive that waits (so the loop watches the socket, as it does every accepted
+        // one), then drains it: fewer bytes than it had room for.
+        let s = b.submit(
+            Token(1),
+            Op::Recv {
+                sock: sock.clone(),
+                buf: room(b"", 64),
+                max: 64,
+                poll_first: false,
+            },
+        );
+        assert!(matches!(s, Submit::Pending), "{name}");
+        client.write_all(b"one").unwrap();
+        let c = wait_for(&mut b, 1);
+        assert_eq!(c.result.unwrap(), 3, "{name}");
+        let s = b.submit(Token(2), Op::Readable { sock: sock.clone() });
+        // `eager` runs the receive on a helper, which does not tell the loop it drained the
+        // socket: there the wait may end at once, which is allowed (the receive finds out).
+        if name != "eager" {
+            assert!(
+                matches!(s, Submit::Pending),
+                "{name}: drained, yet readable"
+            );
+        }
+        if let Submit::Pending = s {
+            let mut done = Vec::new();
+            b.poll(&mut done, Some(Duration::from_millis(50))).unwrap();
+            assert!(
+                done.iter().all(|c| c.token != Token(2)),
+                "{name}: readable before any input"
+            );
+            client.write_all(b"two").unwrap();
+            let c = wait_for(&mut b, 2);
+            assert_eq!(c.result.unwrap(), 0, "{name}");
+        } else {
+            client.write_all(b"two").unwrap();
+        }
+        let c = run(
+            &mut b,
+            3,
+            Op::Recv {
+                sock,
+                buf: room(b"", 64),
+                max: 64,
+                poll_first: false,
+            },
+        );
+        assert!(
+            matches!(c.out, Out::Buf(ref v) if v.as_bytes() == b"two"),
+            "{name}: the input waited for is received after"
+        );
+    }
+}
+
+#[test]
+fn readable_waits_for_input_without_a_buffer() {
+    for_each_backend(|k| with_backend(k, &EngineConfig::default(), Readable).unwrap());
+}
+
 struct Sockets;
 impl WithBackend for Sockets {
     type Output = ();

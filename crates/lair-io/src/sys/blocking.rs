@@ -115,6 +115,23 @@ impl Blocking {
             // word (or reset the connection after `LINGER`) before they can go.
             self.zc.close_after_notifications(fd);
         }
+        if let Op::Readable { sock } = &op {
+            // Nothing to read yet: wait for input (or the deadline, or the stop signal).
+            let sock = Arc::clone(sock);
+            return match self.wait(&sock, Interest::Read, deadline, interruptible) {
+                Ok(Waited::Ready) => {
+                    self.counters.op_mut(kind).parked += 1;
+                    Completion::new(token, kind, Ok(0), Out::None)
+                }
+                Ok(Waited::Timeout) => {
+                    self.fail(token, op, io::Error::from_raw_os_error(libc::ETIMEDOUT))
+                }
+                Ok(Waited::Stopped) => {
+                    self.fail(token, op, io::Error::from_raw_os_error(libc::ECANCELED))
+                }
+                Err(e) => self.fail(token, op, e),
+            };
+        }
         let zc = self.zc.prepare(&mut op);
         let zc_sock = match &op {
             Op::Send { sock, .. } if zc => Some(Arc::clone(sock)),

@@ -274,6 +274,9 @@ pub(crate) fn exec(op: Op, wait: Wait, caps: &mut Caps) -> Step {
                 Err(e) => Step::Done(Err(e), Out::Gather(bufs)),
             }
         }
+        // Readiness is the caller's to know (the reactor parks it on the socket until an edge;
+        // the thread model polls first): here it is done.
+        Op::Readable { .. } => Step::Done(Ok(0), Out::None),
         Op::Call(mut f) => {
             let attempt = if nowait {
                 Attempt::NoWait

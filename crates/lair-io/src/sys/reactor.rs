@@ -254,7 +254,8 @@ impl<P: Policy> Readiness<P> {
             sock,
             poll_first: true,
             ..
-        } = &op
+        }
+        | Op::Readable { sock } = &op
         {
             if self.known_unreadable(sock) {
                 return self.park_new(token, op);
@@ -425,6 +426,11 @@ impl<P: Policy> Readiness<P> {
             Ok(plan) => plan,
             Err(()) => return Step::WouldBlock(op),
         };
+        if let Op::Readable { .. } = op {
+            // Never a helper's: the loop knows readiness (a known-drained socket was parked
+            // before it got here; an edge brings it back).
+            return Step::Done(Ok(0), Out::None);
+        }
         let mut step = if self.zc.prepare(&mut op) {
             // A zero-copy send runs here, never on a helper: its bytes are held in this
             // loop's table until the kernel's notification.

@@ -128,6 +128,10 @@ enum State {
     Shutdown {
         sock: SharedFd,
     },
+    /// `Op::Readable`: a one-shot poll for input.
+    Readable {
+        sock: SharedFd,
+    },
     Open {
         dir: SharedFd,
         path: CString,
@@ -619,6 +623,7 @@ impl UringBackend {
                 return Ok(());
             }
             Op::Shutdown { sock } => State::Shutdown { sock },
+            Op::Readable { sock } => State::Readable { sock },
             Op::Open {
                 dir, path, beneath, ..
             } => State::Open {
@@ -757,6 +762,11 @@ impl UringBackend {
             State::Shutdown { sock } => {
                 opcode::Shutdown::new(types::Fd(sock.as_raw_fd()), libc::SHUT_WR).build()
             }
+            State::Readable { sock } => opcode::PollAdd::new(
+                types::Fd(sock.as_raw_fd()),
+                (libc::POLLIN | libc::POLLRDHUP) as u32,
+            )
+            .build(),
             State::Open {
                 dir,
                 path,
@@ -990,7 +1000,7 @@ impl UringBackend {
                     None => (Err(errno(res)), Out::None),
                 }
             }
-            State::Shutdown { .. } => match ok {
+            State::Shutdown { .. } | State::Readable { .. } => match ok {
                 Some(_) => (Ok(0), Out::None),
                 None => (Err(errno(res)), Out::None),
             },
