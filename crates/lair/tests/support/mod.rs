@@ -140,17 +140,19 @@ impl<'a> Opts<'a> {
         for l in &self.listen {
             cmd.args(["--listen", l]);
         }
-        // A `--matrix` run of the test script runs the whole suite under each mode.
-        // A flag the test sets itself wins over the matrix's.
-        let pinned = self.args.windows(2).any(|w| w == ["--model", "events"]);
+        // A `--matrix` run of the test script runs the whole suite under each mode. A test
+        // that sets a mode setting itself runs exactly its own mode: the settings depend on
+        // each other (`--ecem ded` needs a buffer path), so the matrix's are not mixed in.
+        let pinned = self
+            .args
+            .iter()
+            .any(|a| ["--model", "--data", "--ecem"].contains(&a.as_str()));
         if let Ok(mode) =
             std::env::var("LAIR_TEST_MODE").map(|m| if pinned { String::new() } else { m })
         {
             let words: Vec<&str> = mode.split_whitespace().collect();
             for pair in words.chunks(2) {
-                if !self.args.iter().any(|a| a == pair[0]) {
-                    cmd.args(pair);
-                }
+                cmd.args(pair);
             }
         }
         cmd.args(&self.args)
