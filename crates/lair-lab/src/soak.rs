@@ -879,6 +879,11 @@ struct IdleLoad<'a> {
     reopen: bool,
     /// The server's keep-alive timeout.
     keepalive: Duration,
+    /// Hold them at least this long after the last one opened (the flood): opening
+    /// thousands can take longer than the hold on a loaded machine, and a hold that ended
+    /// before they were all open held none of them at once (the soak test's samples missed
+    /// the flood once, under the full test suite).
+    hold_after_open: Option<Duration>,
 }
 
 fn idle_holder(l: &IdleLoad<'_>, until: Until<'_>, t: &Tally, held: &AtomicUsize) {
@@ -888,6 +893,7 @@ fn idle_holder(l: &IdleLoad<'_>, until: Until<'_>, t: &Tally, held: &AtomicUsize
         path,
         reopen,
         keepalive,
+        hold_after_open,
     } = *l;
     let open = |t: &Tally| -> Option<Idle> {
         let mut s = match connect(addr) {
@@ -909,6 +915,13 @@ fn idle_holder(l: &IdleLoad<'_>, until: Until<'_>, t: &Tally, held: &AtomicUsize
         })
     };
     let mut conns: Vec<Option<Idle>> = (0..n).map(|_| open(t)).collect();
+    let until = match hold_after_open {
+        Some(h) => Until {
+            at: until.at.max(Instant::now() + h),
+            cancel: until.cancel,
+        },
+        None => until,
+    };
     let mut chunk = [0u8; 16 * 1024];
     while until.going() {
         let now = Instant::now();
@@ -1383,6 +1396,7 @@ pub fn soak(s: &Setup<'_>, server: &ServerSpec) -> anyhow::Result<SoakRun> {
                     path: &files.pipe[0],
                     reopen: true,
                     keepalive,
+                    hold_after_open: None,
                 };
                 idle_holder(&l, until, &idle_t, &idle_held)
             });
@@ -1475,6 +1489,7 @@ pub fn soak(s: &Setup<'_>, server: &ServerSpec) -> anyhow::Result<SoakRun> {
                     path: &files.pipe[0],
                     reopen: false,
                     keepalive,
+                    hold_after_open: Some(hold),
                 };
                 let until = Until {
                     at: Instant::now() + hold,
