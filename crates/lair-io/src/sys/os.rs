@@ -190,8 +190,8 @@ pub(crate) fn unsent_bytes(sock: &OwnedFd) -> io::Result<u64> {
 /// An `ioctl` that writes one `c_int` about a socket.
 fn sock_ioctl(sock: &OwnedFd, req: libc::Ioctl) -> io::Result<u64> {
     let mut v: libc::c_int = 0;
-    // The requests this is used with (`SIOCOUTQ`, `SIOCOUTQNSD`) write one `c_int`.
-    // SAFETY: `sock` is open for the call; the pointer is to `v`, a live local `c_int`.
+    // SAFETY: `sock` is open for the call; the pointer is to `v`, a live local `c_int`, and
+    // the requests this is used with (`SIOCOUTQ`, `SIOCOUTQNSD`) write one `c_int`.
     let r = unsafe { libc::ioctl(sock.as_raw_fd(), req, &mut v) };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -585,9 +585,9 @@ pub(crate) fn cached_pages(file: &OwnedFd, offset: u64, len: u64) -> io::Result<
         len: (last - first) * PAGE,
     };
     let mut cs = Cachestat::default();
-    // Layouts: `struct cachestat_range` and `struct cachestat`, include/uapi/linux/mman.h.
-    // SAFETY: `range` and `cs` are live, laid out as the kernel expects and exclusively borrowed
-    // for the call; `file` keeps the descriptor valid for the call; flags must be 0.
+    // SAFETY: `range` and `cs` are live, laid out as the kernel expects (`struct
+    // cachestat_range` and `struct cachestat`, include/uapi/linux/mman.h) and exclusively
+    // borrowed for the call; `file` keeps the descriptor valid for the call; flags must be 0.
     let r = unsafe {
         libc::syscall(
             SYS_CACHESTAT,

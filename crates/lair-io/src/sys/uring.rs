@@ -464,9 +464,9 @@ impl UringBackend {
     /// Queue `e`, making room by submitting if the queue is full.
     fn push(&mut self, e: &squeue::Entry) {
         loop {
-            // Every pointer in `e` is into memory owned by a `Flight` (or the engine: the
-            // eventfd) that stays in place until the completion is reaped (module notes, drop).
-            // SAFETY: so the kernel never sees a dangling buffer, path, address or statx.
+            // SAFETY: every pointer in `e` is into memory owned by a `Flight` (or the engine:
+            // the eventfd) that stays in place until the completion is reaped (module notes,
+            // drop), so the kernel never sees a dangling buffer, path, address or statx.
             if unsafe { self.ring.submission().push(e) }.is_ok() {
                 return;
             }

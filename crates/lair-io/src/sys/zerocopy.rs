@@ -356,8 +356,9 @@ fn read_notification(sock: &OwnedFd) -> Option<(u32, u32, bool)> {
             if ours {
                 // SAFETY: an IP_RECVERR message carries a `sock_extended_err` as its data;
                 // `read_unaligned` copies it out of the (u64-aligned) control buffer.
-                let ee: libc::sock_extended_err =
-                    unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast()) };
+                let ee = unsafe {
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast::<libc::sock_extended_err>())
+                };
                 if ee.ee_origin == SO_EE_ORIGIN_ZEROCOPY && ee.ee_errno == 0 {
                     let copied = ee.ee_code & SO_EE_CODE_ZEROCOPY_COPIED != 0;
                     return Some((ee.ee_info, ee.ee_data, copied));
