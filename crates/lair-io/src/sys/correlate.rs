@@ -105,14 +105,23 @@ pub(crate) struct Prefetch {
     file: Arc<OwnedFd>,
     from: u64,
     len: u64,
+    /// Where a hint given on another thread records its time (nanoseconds, the slowest).
+    slowest: Option<Arc<AtomicU64>>,
 }
 
 impl Prefetch {
-    /// Give the hint; how long the call took.
+    /// Give the hint; how long the call took (also raised into `slowest`, if it has one).
     pub fn run(&self) -> Duration {
         let t = Instant::now();
         os::prefetch_range(&self.file, self.from, self.len);
-        t.elapsed()
+        let took = t.elapsed();
+        if let Some(s) = &self.slowest {
+            s.fetch_max(
+                u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+        took
     }
 }
 
@@ -144,6 +153,7 @@ fn read_ahead_chunks(
         file: Arc::clone(file),
         from,
         len: want - from,
+        slowest: None,
     })
 }
 
@@ -217,7 +227,10 @@ impl Correlator {
                 *len as u64,
                 Instant::now(),
             );
-            self.prefetches.extend(ahead);
+            self.prefetches.extend(ahead.map(|p| Prefetch {
+                slowest: Some(Arc::clone(&self.slowest)),
+                ..p
+            }));
             if !go {
                 // Parked on the socket's writability by the reactor; the `poll` that found
                 // no room armed it.
@@ -319,17 +332,13 @@ impl Correlator {
             file: Arc::clone(file),
             from,
             len: to - from,
+            slowest: Some(Arc::clone(&self.slowest)),
         });
     }
 
     /// The read-ahead hints decided since the last call, for the caller to give.
     pub fn take_prefetches(&mut self) -> std::vec::Drain<'_, Prefetch> {
         self.prefetches.drain(..)
-    }
-
-    /// Where the helpers that give the hints record the slowest, nanoseconds.
-    pub fn prefetch_slowest(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.slowest)
     }
 
     /// What became of a planned operation: a chunk read that finished makes its pair's disk

@@ -162,10 +162,12 @@ fn fallback_once(counter: &AtomicU64, why: &str) {
 }
 
 /// Move up to `len` bytes of `file` from `offset` to `sock` through `pipe`: first what the
-/// pipe already holds (the bytes at `offset`), else a fresh pipeful read from the file.
-/// Returns the bytes the socket took; what it did not take stays in the pipe. `Ok(0)`: the
-/// file ended before `offset`.
-fn splice_through(
+/// pipe already holds (the bytes at `offset`), else a fresh pipeful — spliced from the file,
+/// or with `gift` read into fresh pages that are gifted to the pipe and unmapped (seed 004's
+/// move). Returns the bytes the socket took; what it did not take stays in the pipe. `Ok(0)`:
+/// the file ended before `offset`.
+fn through(
+    gift: bool,
     sock: &OwnedFd,
     file: &OwnedFd,
     offset: u64,
@@ -173,26 +175,29 @@ fn splice_through(
     pipe: &mut Pipe,
 ) -> io::Result<usize> {
     if pipe.held == 0 {
-        let mut off = offset;
-        let n = rpipe::splice(
-            file,
-            Some(&mut off),
-            &pipe.w,
-            None,
-            len.min(pipe.cap),
-            SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
-        )
-        .map_err(io_err)?;
+        let want = len.min(pipe.cap);
+        let n = if gift {
+            gift_pages(file, offset, want, pipe)?
+        } else {
+            let mut off = offset;
+            rpipe::splice(
+                file,
+                Some(&mut off),
+                &pipe.w,
+                None,
+                want,
+                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+            )
+            .map_err(io_err)?
+        };
         if n == 0 {
             return Ok(0);
         }
+        if gift {
+            MOVES.fetch_add(1, Relaxed);
+        }
         pipe.held = n;
     }
-    pipe_to_socket(pipe, sock, len)
-}
-
-/// Splice what `pipe` holds (at most `len`) to `sock`; the rest stays in the pipe.
-fn pipe_to_socket(pipe: &mut Pipe, sock: &OwnedFd, len: usize) -> io::Result<usize> {
     let n = rpipe::splice(
         &pipe.r,
         None,
@@ -204,26 +209,6 @@ fn pipe_to_socket(pipe: &mut Pipe, sock: &OwnedFd, len: usize) -> io::Result<usi
     .map_err(io_err)?;
     pipe.held -= n;
     Ok(n)
-}
-
-/// Like [`splice_through`], but a fresh pipeful is read into new anonymous pages, which are
-/// gifted to the pipe and unmapped before the pipe goes to the socket (seed 004's move).
-fn move_through(
-    sock: &OwnedFd,
-    file: &OwnedFd,
-    offset: u64,
-    len: usize,
-    pipe: &mut Pipe,
-) -> io::Result<usize> {
-    if pipe.held == 0 {
-        let n = gift_pages(file, offset, len.min(pipe.cap), pipe)?;
-        if n == 0 {
-            return Ok(0);
-        }
-        pipe.held = n;
-        MOVES.fetch_add(1, Relaxed);
-    }
-    pipe_to_socket(pipe, sock, len)
 }
 
 /// Read up to `want` bytes of `file` at `offset` into fresh anonymous pages, give them to
@@ -366,22 +351,19 @@ pub(crate) fn transfer(
     len: usize,
     window: usize,
 ) -> (io::Result<usize>, Via) {
+    let gift = matches!(via, Via::Move(_));
     match via {
         Via::Sendfile => (os::sendfile(sock, file, offset, len), Via::Sendfile),
-        Via::Splice(pipe) => match pipe.or_else(|| Pipe::new(window)) {
-            Some(mut p) => {
-                let r = splice_through(sock, file, offset, len, &mut p);
-                (r, Via::Splice(Some(p)))
+        Via::Splice(pipe) | Via::Move(pipe) => {
+            let wrap = if gift { Via::Move } else { Via::Splice };
+            match pipe.or_else(|| Pipe::new(window)) {
+                Some(mut p) => {
+                    let r = through(gift, sock, file, offset, len, &mut p);
+                    (r, wrap(Some(p)))
+                }
+                None => (os::sendfile(sock, file, offset, len), wrap(None)),
             }
-            None => (os::sendfile(sock, file, offset, len), Via::Splice(None)),
-        },
-        Via::Move(pipe) => match pipe.or_else(|| Pipe::new(window)) {
-            Some(mut p) => {
-                let r = move_through(sock, file, offset, len, &mut p);
-                (r, Via::Move(Some(p)))
-            }
-            None => (os::sendfile(sock, file, offset, len), Via::Move(None)),
-        },
+        }
         Via::Mapped { map, file_len } => {
             let map = map.or_else(|| Mapping::new(file, file_len).map(Arc::new));
             match map {

@@ -203,7 +203,9 @@ impl<P: Policy> Backend for Readiness<P> {
             }
         }
         done.append(&mut self.cancelled);
-        self.zc.sweep(Instant::now());
+        if !self.zc.is_empty() {
+            self.zc.sweep(Instant::now());
+        }
         Ok(())
     }
 
@@ -412,13 +414,10 @@ impl<P: Policy> Readiness<P> {
         let plan = self.ecem.before(&mut op);
         // Its read-ahead hints go to a helper: allocating the pages can mean direct reclaim
         // under a memory limit (17.8 ms once, inline, in the `ecem` experiment).
-        let slowest = self.ecem.prefetch_slowest();
         for p in self.ecem.take_prefetches() {
-            let slowest = Arc::clone(&slowest);
             self.helpers
                 .submit(Job::internal(Op::Call(Box::new(move |_| {
-                    let ns = u64::try_from(p.run().as_nanos()).unwrap_or(u64::MAX);
-                    slowest.fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
+                    p.run();
                     Ok(0)
                 }))));
         }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::buf::{Buf, Bytes, Gather};
+use super::buf::{Buf, Bytes, Gather, GATHER_MAX};
 use super::os;
 use crate::op::{Op, SharedFd};
 
@@ -91,7 +91,7 @@ struct Sock {
     /// The id the kernel gives the next zero-copy send (it counts them from 0).
     next: u32,
     /// Sends not yet notified, oldest first: their id and the bytes they pin.
-    held: VecDeque<(u32, Vec<Bytes>)>,
+    held: VecDeque<(u32, [Option<Bytes>; GATHER_MAX])>,
     /// When the caller closed it (it stays open here until `held` is empty).
     closed: Option<Instant>,
 }
@@ -167,19 +167,23 @@ impl ZeroCopy {
         };
         let id = s.next;
         s.next = s.next.wrapping_add(1);
-        let parts = bufs
-            .parts()
-            .iter()
-            .filter_map(|b| match b {
-                Buf::Shared(b) => Some(b.clone()),
-                _ => None,
-            })
-            .collect();
+        // `prepare` let only shared parts through; no allocation per send.
+        let mut parts: [Option<Bytes>; GATHER_MAX] = Default::default();
+        for (slot, b) in parts.iter_mut().zip(bufs.parts()) {
+            if let Buf::Shared(b) = b {
+                *slot = Some(b.clone());
+            }
+        }
         s.held.push_back((id, parts));
         self.held += 1;
         self.counters.sends += 1;
         self.counters.bytes += n as u64;
         self.counters.held_max = self.counters.held_max.max(self.held);
+    }
+
+    /// Whether no socket has zero-copy state here.
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
     }
 
     /// Whether `fd` has zero-copy state here (its `EPOLLERR` is the error queue).
@@ -239,7 +243,7 @@ impl ZeroCopy {
     /// (closed without [`ZeroCopy::closed`]), so the table never keeps one open for nothing.
     /// Cheap unless a second has passed since the last full look.
     pub fn sweep(&mut self, now: Instant) {
-        if self.socks.is_empty() || self.last_sweep.is_some_and(|t| now - t < SWEEP_EVERY) {
+        if self.last_sweep.is_some_and(|t| now - t < SWEEP_EVERY) {
             return;
         }
         self.last_sweep = Some(now);
