@@ -311,14 +311,9 @@ fn slow_readers_get_every_body_whole_under_every_data_mode() {
     }
 }
 
-/// The server's resident memory, KiB (`VmRSS`).
+/// The server's resident memory, KiB (the lab's own sampler).
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    lair_lab::proc::sample_process(pid).map_or(0, |s| s.rss_kib)
 }
 
 /// `uring` stands in for sendfile by reading a window into a buffer and sending it; a send
