@@ -50,6 +50,10 @@ pub use sys::{
     run_blocking, setup, with_backend, Backend, BackendKind, EngineConfig, Waker, WithBackend,
 };
 
+/// Built with the `valgrind` feature: a measurement build whose opens go without
+/// `openat2`'s containment when valgrind refuses it (see the feature in `Cargo.toml`).
+pub const VALGRIND_BUILD: bool = cfg!(feature = "valgrind");
+
 /// Errors of the engine itself (an operation's own failure is in its [`Completion`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

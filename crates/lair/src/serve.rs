@@ -145,6 +145,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
         .context("starting the signal thread")?;
+    if lair_io::VALGRIND_BUILD {
+        crate::say!(
+            "lair: a measurement build (--features valgrind): under valgrind, files open \
+             without openat2's RESOLVE_BENEATH; do not serve untrusted trees with it"
+        );
+    }
     for a in running.local_addrs() {
         // A plain line on stderr (whatever the log level): scripts and tests wait for it.
         crate::say!("lair: listening on http://{a}");

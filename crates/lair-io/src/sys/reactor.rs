@@ -335,7 +335,6 @@ impl<P: Policy> Readiness<P> {
             job.helped = true;
             self.counters.op_mut(job.op.kind()).helper += 1;
         }
-        job.sent = Instant::now();
         self.helpers.submit(job);
     }
 
@@ -603,7 +602,7 @@ impl<P: Policy> Readiness<P> {
                 let job = Job {
                     token,
                     op,
-                    sent,
+                    sent: Some(sent),
                     parked,
                     helped: true,
                     internal: false,
@@ -617,7 +616,7 @@ impl<P: Policy> Readiness<P> {
             Step::Helper(op) => self.send_to_helper(Job {
                 token,
                 op,
-                sent,
+                sent: Some(sent),
                 parked,
                 helped: true,
                 internal: false,
