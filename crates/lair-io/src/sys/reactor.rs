@@ -413,12 +413,14 @@ impl<P: Policy> Readiness<P> {
         let plan = self.ecem.before(&mut op);
         // Its read-ahead hints go to a helper: allocating the pages can mean direct reclaim
         // under a memory limit (17.8 ms once, inline, in the `ecem` experiment).
-        for p in self.ecem.take_prefetches() {
-            self.helpers
-                .submit(Job::internal(Op::Call(Box::new(move |_| {
-                    p.run();
-                    Ok(0)
-                }))));
+        if self.ecem.has_prefetches() {
+            for p in self.ecem.take_prefetches() {
+                self.helpers
+                    .submit(Job::internal(Op::Call(Box::new(move |_| {
+                        p.run();
+                        Ok(0)
+                    }))));
+            }
         }
         let plan = match plan {
             Ok(plan) => plan,
