@@ -12,7 +12,7 @@
 #   N1=2000 N2=22000 CONNS=100 SIZE=1k LL=512K scripts/cachegrind-requests.sh
 #
 # LL is the simulated last-level cache: this machine's L2 (512 KiB, 8-way) by default; LL=llc
-# simulates the 32 MiB L3 instead (both read from sysfs). Prints one table of events per
+# simulates the 32 MiB L3 instead (both read from sysfs); I1 likewise. Prints one table of events per
 # request (Ir, I1 and LL instruction misses, data reads/writes and their D1 and LL misses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,9 @@ case ${LL:-512K} in
   *) ll=$(cache_of 2) ;;
 esac
 d1=$(cache_of 1)
+# The instruction cache: this machine's (as the data cache), or I1=SIZE,WAYS,LINE to see how
+# far the code a request runs is from fitting.
+i1=${I1:-$d1}
 
 work=$(mktemp -d /tmp/lair-cg.XXXXXX)
 server=
@@ -59,7 +62,7 @@ measure() {
   # never connect to itself.
   local n=$1 port=$((20000 + RANDOM % 12000))
   shift
-  taskset -c 1 valgrind --tool=cachegrind --cache-sim=yes --D1="$d1" --LL="$ll" \
+  taskset -c 1 valgrind --tool=cachegrind --cache-sim=yes --I1="$i1" --D1="$d1" --LL="$ll" \
     --cachegrind-out-file="$work/cg.$n" "$bin" serve "$work/root" --listen "127.0.0.1:$port" \
     --workers 1 "$@" >"$work/log.$n" 2>&1 &
   server=$!
@@ -75,12 +78,12 @@ measure() {
 }
 a=$(measure "$n1" "$@")
 b=$(measure "$n2" "$@")
-python3 - "$(cat "$work/events")" "$a" "$b" "$((n2 - n1))" "$d1" "$ll" "$bin" <<'PY'
+python3 - "$(cat "$work/events")" "$a" "$b" "$((n2 - n1))" "$i1" "$d1" "$ll" "$bin" <<'PY'
 import sys
-events, a, b, n, d1, ll, binary = sys.argv[1:]
+events, a, b, n, i1, d1, ll, binary = sys.argv[1:]
 names = events.split()
 per = {k: (int(y) - int(x)) / int(n) for k, x, y in zip(names, a.split(), b.split())}
-print(f"# {binary}: per request, over {n} requests (D1 {d1}, LL {ll}: size,ways,line)")
+print(f"# {binary}: per request, over {n} requests (I1 {i1}, D1 {d1}, LL {ll}: size,ways,line)")
 print("| " + " | ".join(names) + " |")
 print("|" + "---:|" * len(names))
 print("| " + " | ".join(f"{per[k]:.1f}" for k in names) + " |")

@@ -80,6 +80,9 @@ echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test.sh: cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The measurement build (valgrind's epoll and open) is code that only this feature compiles.
+echo "test.sh: cargo clippy --features valgrind"
+cargo clippy -p lair --features valgrind --locked --target-dir target/valgrind -- -D warnings
 echo "test.sh: cargo test"
 # Tests that cannot run here record why (crates/lair/tests/support/skip.rs); they are listed
 # at the end, and as root — CI — any skip is a failure: there, every test must run.
