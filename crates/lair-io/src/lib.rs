@@ -31,6 +31,7 @@ pub mod counters;
 pub mod ecem;
 pub mod op;
 pub mod sys;
+pub mod topology;
 
 pub use counters::{Counters, OpCounters};
 pub use ecem::{EcemCounters, EcemMode};
