@@ -235,11 +235,11 @@ fn gift_pages(file: &OwnedFd, offset: u64, want: usize, pipe: &Pipe) -> io::Resu
         if n == 0 {
             return Ok(0);
         }
+        // The region is page-aligned and whole pages but for the tail, which the kernel pins
+        // instead of stealing (no copy either way).
         let iov = [rpipe::IoSliceRaw::from_slice(&region[..n])];
-        // SAFETY: the pages go to the write end of the pipe, and are unmapped right after
-        // (never written again by this process), as `SPLICE_F_GIFT` requires; the region is
-        // page-aligned and whole pages but for the tail, which the kernel then pins instead
-        // of stealing (no copy either way).
+        // SAFETY: the pages go to the pipe's write end and are unmapped right after, never
+        // written again by this process, as `SPLICE_F_GIFT` requires.
         let moved = unsafe { rpipe::vmsplice(&pipe.w, &iov, SpliceFlags::GIFT) }.map_err(io_err)?;
         Ok(moved)
     })();
@@ -307,9 +307,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `base` and `len` are exactly what `mmap` returned, and this is the last
-        // reference (the `Arc` around it is gone), so nothing hands the range to the kernel
-        // any more.
+        // SAFETY: `base`/`len` are what `mmap` returned; this is the last reference (its `Arc`
+        // is gone), so nothing hands the range to the kernel any more.
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr(), self.len) };
     }
 }
@@ -321,10 +320,11 @@ fn send_mapped(sock: &OwnedFd, map: &Mapping, offset: u64, len: usize) -> io::Re
     let Some(start) = usize::try_from(offset).ok().filter(|&o| o < map.len) else {
         return Ok(0);
     };
+    // Only the kernel reads the bytes, and it checks every page (one past the file's end is
+    // `EFAULT`); no Rust reference to them is made.
     let n = len.min(map.len - start);
-    // SAFETY: `start + n <= map.len`, so the range lies inside the live mapping (the caller's
-    // `Arc` keeps it mapped for the call). The bytes are read by the kernel, which checks
-    // every page (a page past the file's end is `EFAULT`); no Rust reference to them is made.
+    // SAFETY: `start + n <= map.len`: the range lies inside the mapping, which the caller's
+    // `Arc` keeps mapped for the call.
     let r = unsafe {
         libc::send(
             sock.as_raw_fd(),

@@ -589,10 +589,11 @@ pub(crate) fn cached_pages(file: &OwnedFd, offset: u64, len: u64) -> io::Result<
         off: first * PAGE,
         len: (last - first) * PAGE,
     };
+    // `range` and `cs` are laid out as `struct cachestat_range` and `struct cachestat`
+    // (include/uapi/linux/mman.h); flags must be 0.
     let mut cs = Cachestat::default();
-    // SAFETY: `range` and `cs` are live, laid out as the kernel expects (`struct
-    // cachestat_range` and `struct cachestat`, include/uapi/linux/mman.h) and exclusively
-    // borrowed for the call; `file` keeps the descriptor valid for the call; flags must be 0.
+    // SAFETY: both are live and exclusively borrowed for the call, and `file` keeps the
+    // descriptor valid for it.
     let r = unsafe {
         libc::syscall(
             SYS_CACHESTAT,
@@ -725,11 +726,11 @@ fn wait_events(
     let ms = timeout.map_or(-1, |d| {
         i32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
     });
+    // rustix's `epoll::Event` has the layout of the kernel's `epoll_event` (`repr(C)`, packed
+    // on x86-64; the sizes are asserted equal above).
     let room = i32::try_from(raw.capacity()).unwrap_or(i32::MAX);
-    // SAFETY: rustix's `epoll::Event` has the layout of the kernel's `epoll_event` (it is
-    // `repr(C)`, packed on x86-64, and the sizes are asserted equal above); the kernel writes
-    // at most `room` events into the vector's spare capacity (the vector is empty), and the
-    // length is set to the number it reports having written.
+    // SAFETY: the kernel writes at most `room` events into the empty vector's spare capacity,
+    // and the length is set to the number it reports having written.
     unsafe {
         let n = libc::epoll_wait(ep.as_raw_fd(), raw.as_mut_ptr().cast(), room, ms);
         if n < 0 {

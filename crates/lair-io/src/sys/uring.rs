@@ -462,11 +462,13 @@ impl UringBackend {
     }
 
     /// Queue `e`, making room by submitting if the queue is full.
+    ///
+    /// Every pointer in `e` is into memory owned by a `Flight` (or the engine: the eventfd)
+    /// that stays in place until the completion is reaped (module notes, drop).
     fn push(&mut self, e: &squeue::Entry) {
         loop {
-            // SAFETY: every pointer in `e` is into memory owned by a `Flight` (or the engine:
-            // the eventfd) that stays in place until the completion is reaped (module notes,
-            // drop), so the kernel never sees a dangling buffer, path, address or statx.
+            // SAFETY: what `e` points into outlives its time in the kernel (see above): no
+            // dangling buffer, path, address or statx.
             if unsafe { self.ring.submission().push(e) }.is_ok() {
                 return;
             }
