@@ -529,6 +529,7 @@ impl<P: Policy> Readiness<P> {
         let Job {
             token,
             op,
+            sent,
             parked,
             helped,
             ..
@@ -555,6 +556,7 @@ impl<P: Policy> Readiness<P> {
                 let job = Job {
                     token,
                     op,
+                    sent,
                     parked,
                     helped,
                     internal: false,
@@ -566,6 +568,7 @@ impl<P: Policy> Readiness<P> {
             Step::Helper(op) => self.send_to_helper(Job {
                 token,
                 op,
+                sent,
                 parked,
                 helped,
                 internal: false,
@@ -601,6 +604,7 @@ impl<P: Policy> Readiness<P> {
                 let job = Job {
                     token,
                     op,
+                    sent: Some(sent),
                     parked,
                     helped: true,
                     internal: false,
@@ -614,6 +618,7 @@ impl<P: Policy> Readiness<P> {
             Step::Helper(op) => self.send_to_helper(Job {
                 token,
                 op,
+                sent: Some(sent),
                 parked,
                 helped: true,
                 internal: false,
