@@ -154,11 +154,16 @@ pub fn worth_parsing(buf: &[u8], scanned: usize, limits: &Limits) -> bool {
         return true;
     }
     // A request line with no end within its limit is a 414 now.
-    let line = &buf[..buf.len().min(limits.request_line_bytes + 2)];
-    if buf.len() > limits.request_line_bytes + 1 && !line.contains(&b'\n') {
+    if line_unended(buf, limits) {
         return true;
     }
     buf[scanned.min(buf.len())..].contains(&b'\n')
+}
+
+/// `buf` holds more than a request line may, and no line feed within the limit: a 414.
+fn line_unended(buf: &[u8], limits: &Limits) -> bool {
+    let line = &buf[..buf.len().min(limits.request_line_bytes + 2)];
+    buf.len() > limits.request_line_bytes + 1 && !line.contains(&b'\n')
 }
 
 /// Parse the head at the start of `buf`.
@@ -167,18 +172,13 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, Reject> {
     // The request line (after any empty lines) alone must fit its limit, even before the head
     // is complete: looked for in what is not a complete head (a complete one's line ends
     // right after its target, found below without scanning the line twice).
-    let line_too_long = || {
-        let room = (limits.request_line_bytes + 2).min(buf.len() - start);
-        !buf[start..start + room].contains(&b'\n')
-            && buf.len() - start > limits.request_line_bytes + 1
-    };
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let fields = &mut fields[..limits.header_fields.clamp(1, MAX_FIELDS)];
     let mut req = httparse::Request::new(&mut []);
     let status = req.parse_with_uninit_headers(buf, fields);
     let n = match status {
         Ok(httparse::Status::Complete(n)) => n,
-        _ if line_too_long() => return Err(reject(414)),
+        _ if line_unended(&buf[start..], limits) => return Err(reject(414)),
         Ok(httparse::Status::Partial) => {
             return if buf.len() > limits.header_bytes {
                 Err(reject(431))

@@ -529,7 +529,6 @@ impl<P: Policy> Readiness<P> {
         let Job {
             token,
             op,
-            sent,
             parked,
             helped,
             ..
@@ -556,7 +555,6 @@ impl<P: Policy> Readiness<P> {
                 let job = Job {
                     token,
                     op,
-                    sent,
                     parked,
                     helped,
                     internal: false,
@@ -568,7 +566,6 @@ impl<P: Policy> Readiness<P> {
             Step::Helper(op) => self.send_to_helper(Job {
                 token,
                 op,
-                sent,
                 parked,
                 helped,
                 internal: false,
@@ -604,7 +601,6 @@ impl<P: Policy> Readiness<P> {
                 let job = Job {
                     token,
                     op,
-                    sent: Some(sent),
                     parked,
                     helped: true,
                     internal: false,
@@ -618,7 +614,6 @@ impl<P: Policy> Readiness<P> {
             Step::Helper(op) => self.send_to_helper(Job {
                 token,
                 op,
-                sent: Some(sent),
                 parked,
                 helped: true,
                 internal: false,
